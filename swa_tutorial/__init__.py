@@ -1,0 +1,44 @@
+"""swa_tutorial: Longformer's sliding-window attention, step by step, tested against dense attention.
+
+Tensors are laid out as [B, L, H, d] (batch, sequence, heads, head dim); ``window`` is the
+one-sided w (query i sees keys i - w .. i + w).
+
+The public entry point is :func:`sliding_window_attention`. The steps it composes are public too,
+in the order the book derives them: :func:`num_chunks`, :func:`merge_heads`, :func:`chunk`,
+:func:`chunk_scores`, :func:`skew`, :func:`band_scores`, :func:`band_mask`,
+:func:`band_softmax`, :func:`unskew`, :func:`value_chunks`, :func:`band_times_values`.
+The references :func:`dense_attention` and :func:`loop_attention` are the specification.
+"""
+
+from .attention import padded_length, sliding_window_attention
+from .band import band_mask, band_scores, band_softmax, band_to_dense, dense_to_band
+from .chunks import chunk, chunk_scores, merge_heads, num_chunks, split_heads
+from .labels import labelled_qkv
+from .reference import dense_attention, dense_band_mask, loop_attention
+from .skew import skew, unskew
+from .values import band_times_values, value_chunks
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "band_mask",
+    "band_scores",
+    "band_softmax",
+    "band_times_values",
+    "band_to_dense",
+    "chunk",
+    "chunk_scores",
+    "dense_attention",
+    "dense_band_mask",
+    "dense_to_band",
+    "labelled_qkv",
+    "loop_attention",
+    "merge_heads",
+    "num_chunks",
+    "padded_length",
+    "skew",
+    "sliding_window_attention",
+    "split_heads",
+    "unskew",
+    "value_chunks",
+]

@@ -1,0 +1,50 @@
+"""Step 4b: the skew, which turns diagonals into columns, and its inverse for P x V.
+
+Read a row-major matrix with a row stride one element longer than its rows and each row starts
+one element further right than the row above: what was a diagonal becomes a column. Padding the
+rows first with zeros keeps every read inside its own row, so cells whose diagonal runs off the
+matrix read a zero instead of a neighbour's entry. Reading with a row stride one element
+*shorter* does the opposite and turns columns back into diagonals (:func:`unskew`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
+    """Diagonals into columns: [..., R, N] -> [..., R, count].
+
+    ``out[..., r, t] = m[..., r, r + first + t]``: column t holds diagonal ``first + t`` of m
+    (diagonal k is the entries whose column minus row is k). Entries whose column falls outside
+    0 .. N - 1 are zero. When every read stays inside m the result is a view of m (no copy);
+    otherwise m's rows are zero-padded first, just enough.
+
+    For a chunk's scores [2w, 2w], ``skew(scores, -w, 2w + 1)`` is the chunk in band layout:
+    row x holds the keys x - w .. x + w of query x, one column per offset.
+    """
+    R, N = m.shape[-2:]
+    left = max(0, -first)
+    right = max(0, R + first + count - 1 - N)
+    if left or right:
+        m = F.pad(m, (left, right))  # ... x R x (left + N + right)
+        first += left
+    stride = m.stride()
+    return m.as_strided(
+        (*m.shape[:-1], count),
+        (*stride[:-2], stride[-2] + stride[-1], stride[-1]),  # one element further per row
+        m.storage_offset() + first * stride[-1],
+    )
+
+
+def unskew(band: torch.Tensor) -> torch.Tensor:
+    """Columns into diagonals, the inverse of :func:`skew`: [..., R, n] -> [..., R, R + n - 1].
+
+    ``out[..., r, r + j] = band[..., r, j]``, zero elsewhere. Each row is padded with R zeros,
+    the rows are laid end to end and read back with a row stride one shorter, so row r starts r
+    places further left and its entries land r columns further right.
+    """
+    R, n = band.shape[-2:]
+    padded = F.pad(band, (0, R)).flatten(-2)  # ... x R (n + R)
+    return padded[..., : R * (R + n - 1)].unflatten(-1, (R, R + n - 1))

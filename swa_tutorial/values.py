@@ -1,0 +1,37 @@
+"""Step 5b: P x V, through the second skew and the 3w value chunks.
+
+Query i averages the values of keys i - w .. i + w with the band probabilities of its row. Cut
+the queries into blocks of w: block b's keys all lie in the 3w tokens (b - 1) w .. (b + 2) w - 1.
+So V, padded with w zero rows at each end, is viewed as overlapping chunks of 3w (stepping w),
+and each block's band rows are skewed back (:func:`unskew`) into a w x 3w
+matrix whose column is the key's place in that chunk. One batched product finishes the layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .chunks import chunk
+from .skew import unskew
+
+
+def value_chunks(v: torch.Tensor, window: int) -> torch.Tensor:
+    """The 3w value chunks: [B*H, L, d] -> [B*H, L // w, 3w, d], a view of V padded by w at both ends.
+
+    Chunk b holds the values of tokens (b - 1) w .. (b + 2) w - 1 (zeros outside the sequence).
+    """
+    padded = F.pad(v, (0, 0, window, window))  # BH x (L + 2w) x d
+    return chunk(padded, window, size=3 * window)  # BH x L/w x 3w x d
+
+
+def band_times_values(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """P x V from band probabilities: probs [B*H, L, 2w + 1], v [B*H, L, d] -> [B*H, L, d].
+
+    ``out[b, i] = sum_j probs[b, i, j] * v[b, i + j - w]``; L must be a multiple of w.
+    """
+    BH, L, width = probs.shape
+    w = (width - 1) // 2
+    blocks = unskew(probs.unflatten(1, (L // w, w)))  # BH x L/w x w x 3w
+    out = torch.einsum("bnxy,bnyd->bnxd", blocks, value_chunks(v, w))  # BH x L/w x w x d
+    return out.flatten(1, 2)  # BH x L x d

@@ -62,16 +62,21 @@ def band_mask(
     return key_ok.unfold(1, 2 * w + 1, 1)  # B x L' x (2w + 1): row i sees key_ok[i .. i + 2w]
 
 
-def band_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def band_softmax(scores: torch.Tensor, mask: torch.Tensor, *, every_row_has_key: bool = False) -> torch.Tensor:
     """Softmax over each band row, over the cells where ``mask`` is True only.
 
     scores: [..., L, 2w + 1]; mask: bool, broadcastable to scores. Half types are computed in
     float32 (float64 stays float64) and the result has that dtype. Masked cells get probability
-    exactly 0, and a row with no valid cell gets all zeros (never NaN).
+    exactly 0, and a row with no valid cell gets all zeros (never NaN). ``every_row_has_key=True``
+    promises that no row is all masked (true without a key padding mask) and skips the pass that
+    zeroes such rows.
     """
     x = scores.to(torch.promote_types(scores.dtype, torch.float32))
     x = x.masked_fill(~mask, torch.finfo(x.dtype).min)  # finite: a fully masked row stays NaN-free
-    return x.softmax(dim=-1).masked_fill(~mask, 0.0)
+    probs = x.softmax(dim=-1)  # a masked cell: exp(min - row max) underflows to exactly 0 ...
+    if every_row_has_key:
+        return probs
+    return probs.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # ... unless no cell is valid
 
 
 def dense_to_band(dense: torch.Tensor, window: int) -> torch.Tensor:

@@ -1,0 +1,15 @@
+"""Benchmarks of sliding-window attention: ``python -m swa_tutorial.bench --help``.
+
+Each implementation (dense SDPA with a band mask, the loop, the package's chunked algorithm,
+the same under torch.compile, FlexAttention, Hugging Face's Longformer chunk functions) is
+checked against float64 dense attention, then timed and its peak memory measured, for every
+sequence length L asked for. The results, with the hardware and software they came from, go
+to one JSON file per run (the book's benchmark chapter plots the committed ones).
+"""
+
+from .check import check, query_slices
+from .implementations import IMPLEMENTATIONS, lean_band_mask
+from .measure import band_pairs, useful_flops
+from .sweep import sweep, table, write
+
+__all__ = ["IMPLEMENTATIONS", "band_pairs", "check", "lean_band_mask", "query_slices", "sweep", "table", "useful_flops", "write"]

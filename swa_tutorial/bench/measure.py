@@ -1,0 +1,139 @@
+"""Measuring: time, peak memory, the useful work done, and the device's peak for comparison.
+
+Time: ``torch.utils.benchmark`` on the CPU (with its thread count), ``triton.testing.do_bench``
+on a GPU (CUDA events when Triton is missing). Memory: on a GPU the increment of
+``torch.cuda.max_memory_allocated``; on the CPU the increment of the process's peak resident
+memory (Linux resets the peak on request: ``/proc/self/clear_refs``), which counts everything
+the call touched, PyTorch's allocations and any other.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+import torch.utils.benchmark as benchmark
+
+
+def band_pairs(seq_len: int, window: int) -> int:
+    """P, the number of (query, key) pairs in the band |i - j| <= w of an L x L matrix.
+
+    Row i has min(L - 1, i + w) - max(0, i - w) + 1 keys: 2w + 1 in the middle, and the first and
+    last w rows lose w, w - 1, ..., 1 keys, so P = L (2w + 1) - w (w + 1) for w <= L - 1 (a wider
+    window sees no more keys: P = L^2).
+    """
+    w = min(window, seq_len - 1)
+    return seq_len * (2 * w + 1) - w * (w + 1)
+
+
+def useful_flops(batch: int, heads: int, seq_len: int, window: int, head_dim: int, backward: bool) -> int:
+    """The floating-point operations the band itself needs: 4 B H P d for the forward pass.
+
+    Each of the P pairs costs a d-long dot product for its score (2d: multiply and add) and a
+    d-long multiply-add of its value (2d). The backward pass needs two products per forward
+    product (dS and dQ, dK from the scores; dP and dV from the values), so forward + backward
+    counts 3 times the forward. Work an implementation does beyond the band (the zeros of dense
+    attention, the overlap of the chunks) is not useful and is not counted.
+    """
+    return 4 * batch * heads * band_pairs(seq_len, window) * head_dim * (3 if backward else 1)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the device ran out of memory (then it is a result, not a crash)."""
+    text = str(error)
+    return isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)) or any(
+        s in text for s in ("out of memory", "can't allocate memory", "Cannot allocate memory")
+    )
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+class PeakMemory:
+    """Context manager: ``.bytes`` is the peak memory of the block above the memory at its start.
+
+    CUDA: the increment of ``torch.cuda.max_memory_allocated``. CPU: the increment of the peak
+    resident set size (Linux only; ``.bytes`` is None where it cannot be measured).
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.bytes = None
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = torch.cuda.memory_allocated(self.device)
+        else:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset the peak resident set size to the current one
+                self._start = _proc_status_kib("VmRSS")
+            except OSError:
+                self._start = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - self._start
+        elif self._start is not None:
+            self.bytes = (_proc_status_kib("VmHWM") - self._start) * 1024
+        return False
+
+
+def time_call(fn, device: torch.device, threads: int, min_time: float, min_reps: int, first_s: float) -> list[float]:
+    """Repeated timings of ``fn()`` in seconds, after warm-up; at least ``min_reps`` of them.
+
+    ``first_s`` is the time of one call already made (it sets how long to measure).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            from triton.testing import do_bench
+        except ImportError:
+            return _time_cuda_events(fn, max(min_reps, int(min_time / max(first_s, 1e-6))))
+        rep_ms = 1e3 * max(min_time, 1.2 * min_reps * first_s)
+        return [t / 1e3 for t in do_bench(fn, warmup=25, rep=rep_ms, return_mode="all")]
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=max(min_time, 1.05 * min_reps * first_s))
+    return [t / m.number_per_run for t in m.raw_times]
+
+
+def _time_cuda_events(fn, reps: int) -> list[float]:
+    fn()  # warm-up
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return times
+
+
+def summarize(times: list[float]) -> dict:
+    """Median and interquartile range of repeated timings (seconds)."""
+    if len(times) >= 2:
+        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    else:
+        q1 = q3 = times[0]
+    return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "times_s": times}
+
+
+def matmul_peak(device, dtype, threads: int, n: int) -> dict:
+    """The device's attainable rate: an n x n x n matrix product (2 n^3 operations), timed."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    fn = lambda: torch.mm(a, b)  # noqa: E731
+    fn()
+    times = time_call(fn, device, threads, min_time=1.0, min_reps=5, first_s=0.0)
+    stats = summarize(times)
+    return {"n": n, "flops": 2 * n**3, "flops_per_s": 2 * n**3 / stats["median_s"], **stats}

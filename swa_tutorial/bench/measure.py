@@ -104,8 +104,11 @@ def time_call(fn, device: torch.device, threads: int, min_time: float, min_reps:
         except (ImportError, AssertionError, ValueError):  # no Triton, or one without return_mode="all"
             return _time_cuda_events(fn, reps)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
-    m = timer.blocked_autorange(min_run_time=max(min_time, 1.05 * min_reps * first_s))
-    return [t / m.number_per_run for t in m.raw_times]
+    times = []
+    while len(times) < min_reps:  # each block of calls gives one time per call, averaged
+        m = timer.blocked_autorange(min_run_time=max(min_time, 1.05 * min_reps * first_s))
+        times += [t / m.number_per_run for t in m.raw_times]
+    return times
 
 
 def _time_cuda_events(fn, reps: int) -> list[float]:

@@ -9,6 +9,7 @@ the call touched, PyTorch's allocations and any other.
 
 from __future__ import annotations
 
+import ctypes
 import statistics
 
 import torch
@@ -71,6 +72,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         else:
+            _release_free_heap()
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")  # reset the peak resident set size to the current one
@@ -86,6 +88,16 @@ class PeakMemory:
         elif self._start is not None:
             self.bytes = (_proc_status_kib("VmHWM") - self._start) * 1024
         return False
+
+
+def _release_free_heap() -> None:
+    """Give memory that malloc keeps for reuse back to the system (glibc), so that the next peak
+    of resident memory counts every buffer the measured call needs, not only those that did not
+    fit in what an earlier call left behind."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing kept to release, or no way to
+        pass
 
 
 def time_call(fn, device: torch.device, threads: int, min_time: float, min_reps: int, first_s: float) -> list[float]:

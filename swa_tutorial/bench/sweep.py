@@ -102,9 +102,6 @@ def run_isolated(spec: dict, memory_limit_bytes: int) -> dict:
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]),
-        # Fixed malloc threshold: freed large buffers go back to the system, so one step's leftovers
-        # cannot hide the next step's peak.
-        "MALLOC_MMAP_THRESHOLD_": "131072",
     }
     spec = {**spec, "memory_limit_bytes": memory_limit_bytes}
     proc = subprocess.run(

@@ -50,3 +50,46 @@ def kernel_free(draw, name, values, figsize=(8, 4), dpi=72, **fixed):
     html = anim.to_jshtml(default_mode="once")
     plt.close(fig)
     return HTML(html)
+
+
+def chunk_work(seq_len: int, window: int) -> dict:
+    """What the chunks of Explorer 1 cost, for L tokens and a one-sided window w.
+
+    The chunks run at the padded length L' = ``padded_length(L, w)``; there are C = L' // w - 1 of
+    them, each a 2w x 2w block of products. Only the P = L (2w + 1) - w (w + 1) pairs of real
+    tokens with |i - j| <= w are useful (w clipped to L - 1); the rest of the C (2w)^2 are wasted.
+    """
+    from .attention import padded_length
+    from .chunks import num_chunks
+
+    padded = padded_length(seq_len, window)
+    count = num_chunks(padded, window)
+    reach = min(window, seq_len - 1)  # a window wider than the sequence sees no more keys
+    useful = seq_len * (2 * reach + 1) - reach * (reach + 1)
+    computed = count * (2 * window) ** 2
+    return dict(padded_len=padded, chunks=count, useful=useful, computed=computed, wasted=computed - useful)
+
+
+def draw_chunks_over_s(fig, L: int = 8, w: int = 2):
+    """Explorer 1, chunks over S: the L' x L' score matrix (L' = L padded), band shaded, chunks outlined."""
+    import numpy as np
+
+    from .plotting import INVALID_COLOR, draw_matrix, outline_chunks, token_names
+    from .reference import dense_band_mask
+
+    work = chunk_work(L, w)
+    Lp = work["padded_len"]
+    band = dense_band_mask(Lp, w).numpy()
+    pos = np.arange(Lp)
+    padding = (pos[:, None] >= L) | (pos[None, :] >= L)
+    colors = np.where(padding & band, INVALID_COLOR, None)
+    ax = fig.add_subplot(1, 1, 1)
+    draw_matrix(ax, text=np.full((Lp, Lp), "", dtype=object), shade=band & ~padding, colors=colors,
+                row_names=token_names(Lp) if Lp <= 24 else None, col_names=token_names(Lp) if Lp <= 24 else None)
+    outline_chunks(ax, Lp, w)
+    ax.set_title(
+        f"L = {L} (padded to {Lp}), w = {w}: C = {work['chunks']} chunks\n"
+        f"useful P = {work['useful']}, computed C(2w)² = {work['computed']}, wasted = {work['wasted']}",
+        fontsize=10,
+    )
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)

@@ -57,7 +57,7 @@ def chunk_work(seq_len: int, window: int) -> dict:
 
     The chunks run at the padded length L' = ``padded_length(L, w)``; there are C = L' // w - 1 of
     them, each a 2w x 2w block of products. Only the P = L (2w + 1) - w (w + 1) pairs of real
-    tokens with |i - j| <= w are useful (w clipped to L - 1); the rest of the C (2w)^2 are wasted.
+    tokens with ``|i - j| <= w`` are useful (w clipped to L - 1); the rest of the C (2w)^2 are wasted.
     """
     from .attention import padded_length
     from .chunks import num_chunks

@@ -74,7 +74,7 @@ def draw_chunks_over_s(fig, L: int = 8, w: int = 2):
     """Explorer 1, chunks over S: the L' x L' score matrix (L' = L padded), band shaded, chunks outlined."""
     import numpy as np
 
-    from .plotting import INVALID_COLOR, draw_matrix, outline_chunks, token_names
+    from .plotting import CHUNK_COLORS, INVALID_COLOR, draw_matrix, outline_chunks, token_names
     from .reference import dense_band_mask
 
     work = chunk_work(L, w)
@@ -87,9 +87,11 @@ def draw_chunks_over_s(fig, L: int = 8, w: int = 2):
     draw_matrix(ax, text=np.full((Lp, Lp), "", dtype=object), shade=band & ~padding, colors=colors,
                 row_names=token_names(Lp) if Lp <= 24 else None, col_names=token_names(Lp) if Lp <= 24 else None)
     outline_chunks(ax, Lp, w)
+    count = work["chunks"]
     ax.set_title(
-        f"L = {L} (padded to {Lp}), w = {w}: C = {work['chunks']} chunks\n"
+        f"L = {L} (padded to {Lp}), w = {w}: C = {count} chunk{'s' * (count != 1)}\n"
         f"useful P = {work['useful']}, computed C(2w)² = {work['computed']}, wasted = {work['wasted']}",
         fontsize=10,
     )
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+    if count <= len(CHUNK_COLORS):  # beyond that the colours repeat: no legend
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)

@@ -100,53 +100,41 @@ def skew_stages(chunk_index: int = 0, window: int = 2, seq_len: int = 8) -> dict
     return {"the chunk": scores, "pad": padded, "flat memory": flat, "view": view, "slice": sliced}
 
 
+def skew_positions(stage: int, window: int = 2) -> np.ndarray:
+    """Where each cell of a stage of explorer 2 sits in the padded chunk's flat memory (-1: no read).
+
+    The padded chunk is [2w, 4w], so position p is row p // 4w, column p % 4w. The view reads
+    row r from position r (4w + 1) on: the row stride one longer.
+    """
+    w = window
+    n, row = 8 * w * w, 4 * w + 1
+    r = np.arange(2 * w)[:, None]
+    name = SKEW_STAGES[stage]
+    if name == "the chunk":
+        return r * 4 * w + w + np.arange(2 * w)
+    if name == "pad":
+        return np.arange(n).reshape(2 * w, 4 * w)
+    if name == "flat memory":
+        return np.arange(n)[None, :]
+    pos = r * row + np.arange(row if name == "view" else 2 * w + 1)
+    return np.where(pos < n, pos, -1)
+
+
 def draw_skew(fig, stage: int = 0, chunk_index: int = 0, window: int = 2, seq_len: int = 8):
     """Explorer 2: one stage of the skew of a labelled chunk, cells coloured by their diagonal."""
     w = window
-    st = skew_stages(chunk_index, w, seq_len)
     name = SKEW_STAGES[stage]
-    base = chunk_index * w  # index of the chunk's first token
-    rows = np.arange(2 * w)[:, None]
-
-    def offsets_and_valid(cols):  # cols: key position in the chunk per cell, -1.. for padding
-        cols = np.asarray(cols)
-        return cols - rows[: cols.shape[0]], (cols >= 0) & (cols < 2 * w)
-
-    ax = fig.add_axes((0.02, 0.25, 0.96, 0.4)) if name == "flat memory" else fig.add_subplot(1, 1, 1)
-    if name == "the chunk":
-        cols = np.broadcast_to(np.arange(2 * w), (2 * w, 2 * w))
-        text, names = score_labels(st[name]), None
-    elif name in ("pad", "flat memory"):
-        cols = np.broadcast_to(np.arange(-w, 3 * w), (2 * w, 4 * w))
-        text = score_labels(st["pad"])
-        if name == "flat memory":
-            cols, text = cols.reshape(1, -1), text.reshape(1, -1)
-    elif name == "view":
-        row = 4 * w + 1
-        flat_cols = np.broadcast_to(np.arange(-w, 3 * w), (2 * w, 4 * w)).flatten()
-        flat_text = score_labels(st["pad"]).flatten()
-        cols = np.full((2 * w, row), -99)
-        text = np.full((2 * w, row), "", dtype=object)
-        for r in range(2 * w):
-            part = slice(r * row, min(r * row + row, flat_cols.size))
-            n = part.stop - part.start
-            cols[r, :n], text[r, :n] = flat_cols[part], flat_text[part]
-    else:
-        cols = rows + np.arange(-w, w + 1)
-        text = score_labels(st[name])
-    if name == "flat memory":  # each number keeps the colour of the diagonal it came from
-        valid = (cols >= 0) & (cols < 2 * w)
-        colors = diagonal_colors(cols - np.repeat(np.arange(2 * w), 4 * w)[None, :], valid)
-    else:
-        offsets, valid = offsets_and_valid(cols)
-        colors = diagonal_colors(offsets, valid)
-    if name == "view":
-        colors[cols == -99] = "white"
     flat = name == "flat memory"
-    draw_matrix(ax, text=text, colors=colors, fontsize=7 if flat else 9,
-                row_names=None if flat else token_names(2 * w, base + 1),
-                col_names=[str(i) for i in range(text.shape[1])] if flat else None)
-    if flat:  # the padded rows end at the thin lines; the slice reads the outlined runs
+    labels = score_labels(skew_stages(chunk_index, w, seq_len)["flat memory"])
+    pos = skew_positions(stage, w)
+    query, key = pos // (4 * w), pos % (4 * w) - w  # the query row and key column in the chunk
+    colors = diagonal_colors(key - query, (key >= 0) & (key < 2 * w))
+    colors[pos < 0] = "white"
+    ax = fig.add_axes((0.02, 0.25, 0.96, 0.4)) if flat else fig.add_subplot(1, 1, 1)
+    draw_matrix(ax, text=np.where(pos < 0, "", labels[pos]), colors=colors, fontsize=7 if flat else 9,
+                row_names=None if flat else token_names(2 * w, chunk_index * w + 1),
+                col_names=[str(i) for i in range(pos.shape[1])] if flat else None)
+    if flat:  # thin lines: where the padded rows end; outlined: the runs the skew reads
         for r in range(1, 2 * w):
             ax.axvline(r * 4 * w - 0.5, color="black", linewidth=1.5)
         for r in range(2 * w):
@@ -157,8 +145,7 @@ def draw_skew(fig, stage: int = 0, chunk_index: int = 0, window: int = 2, seq_le
     titles = {
         "the chunk": f"chunk {chunk_index} [{2 * w}, {2 * w}]: colour = diagonal (key - query)",
         "pad": f"rows padded with {w} zeros on each side: [{2 * w}, {4 * w}]",
-        "flat memory": f"the same {8 * w * w} numbers in memory, row after row; "
-        f"outlined: what the view reads",
+        "flat memory": f"the same {8 * w * w} numbers in memory, row after row; outlined: what the view reads",
         "view": f"read back with a row stride of {4 * w + 1} (one longer): each row shifts one left",
         "slice": f"keep the first {2 * w + 1} columns: diagonals are now columns",
     }

@@ -15,8 +15,9 @@ without them, so on every page:
 * a chapter made from a notebook has a Colab button that opens that notebook on the repository
   of _config.yml.
 
-A full-page screenshot of each page goes to _build/screenshots/, with report.json listing what
-each page loaded from outside and what was checked. Chromium is found as ``chromium`` on the
+A full-page screenshot of each page goes to _build/screenshots/, with one of each explorer at the
+last position of each control, and report.json listing what each page loaded from outside and
+what was checked. Chromium is found as ``chromium`` on the
 PATH or at ``$CHROMIUM``; the README's set-up command installs it.
 """
 
@@ -379,8 +380,11 @@ def control_moves(root) -> list[tuple[str, list]]:
     return controls
 
 
-def explorer_problems(visit: Visit) -> tuple[list[str], list[dict]]:
-    """Move every control of every kernel-free explorer; the content shown must follow it."""
+def explorer_problems(visit: Visit, shots: str) -> tuple[list[str], list[dict]]:
+    """Move every control of every kernel-free explorer; the content shown must follow it.
+
+    Each control's last position is saved as ``{shots}-explorer-N-CONTROL.png`` to be looked at.
+    """
     page = visit.page
     problems, explorers = [], []
     # An explorer inside another (an animation in a marked wrapper) is checked with the outer one.
@@ -396,6 +400,7 @@ def explorer_problems(visit: Visit) -> tuple[list[str], list[dict]]:
             for move in moves:
                 move()
                 seen.append(root.evaluate(SHOWN_JS))
+            root.screenshot(path=f"{shots}-explorer-{n}-{name.replace(' ', '-')}.png")
             moves[0]()
             back = root.evaluate(SHOWN_JS)
             shown = [s["content"] for s in seen]
@@ -454,7 +459,7 @@ def test_page_reads_well_offline(page, visit, report):
     problems += [f"broken link: {b}" for b in links]
     problems += colab_problems(v, page)
 
-    explorer_faults, explorers = explorer_problems(v)
+    explorer_faults, explorers = explorer_problems(v, str(SHOTS / shot_name(page)))
     problems += explorer_faults
     widgets = v.page.locator(WIDGET_VIEW).count()
     if widgets and not explorers:

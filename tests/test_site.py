@@ -165,10 +165,14 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def report():
-    """What each page loaded from outside and what was checked; saved beside the screenshots."""
+    """What each page loaded from outside and what was checked; saved beside the screenshots.
+
+    The screenshots of an earlier run are removed first, so the folder shows this run only.
+    """
+    shutil.rmtree(SHOTS, ignore_errors=True)
+    SHOTS.mkdir(parents=True)
     pages: dict[str, dict] = {}
     yield pages
-    SHOTS.mkdir(parents=True, exist_ok=True)
     (SHOTS / "report.json").write_text(json.dumps(pages, indent=2, sort_keys=True) + "\n")
 
 
@@ -432,11 +436,12 @@ def test_page_reads_well_offline(page, visit, report):
     problems: list[str] = []
     if v.response is None or v.response.status != 200:
         problems.append(f"the page did not load: {v.response and v.response.status}")
+    if not any(title.strip() for title in v.page.locator("h1").all_inner_texts()):
+        problems.append("the page has no title (no <h1> with text)")
 
     v.page.evaluate("() => document.fonts.ready.then(() => null)")
     math = v.page.evaluate(MATH_JS)
     images = v.page.evaluate(IMAGES_JS)
-    SHOTS.mkdir(parents=True, exist_ok=True)
     v.page.screenshot(path=str(SHOTS / f"{shot_name(page)}.png"), full_page=True)
 
     if math["count"]:

@@ -88,7 +88,8 @@ def test_low_precision_gradients(case, dtype):
 
     u = torch.finfo(dtype).eps / 2
     exact = gradients(dense_attention, torch.float64)
-    for fast, dense, g in zip(gradients(sliding_window_attention, dtype), gradients(dense_attention, dtype), exact):
+    fast_and_dense = zip(gradients(sliding_window_attention, dtype), gradients(dense_attention, dtype))
+    for (fast, dense), g in zip(fast_and_dense, exact):
         assert fast.dtype == dtype and torch.isfinite(fast).all()
         dense_error = (dense.double() - g).abs().max()
         assert (fast.double() - g).abs().max() <= 8 * dense_error + 32 * u * g.abs().max()

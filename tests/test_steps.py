@@ -49,6 +49,19 @@ def shares_storage(view: torch.Tensor, base: torch.Tensor) -> bool:
     return view.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
 
 
+LAYOUTS = ("contiguous", "transposed", "sliced")
+
+
+def laid_out(layout: str, *shape: int, seed: int) -> torch.Tensor:
+    """A random float64 tensor of ``shape``: contiguous, or a view whose last two dims are
+    transposed in memory, or a slice that starts inside a larger tensor (a storage offset)."""
+    if layout == "transposed":
+        return randn(*shape[:-2], shape[-1], shape[-2], seed=seed).transpose(-1, -2)
+    if layout == "sliced":
+        return randn(*shape[:-2], shape[-2] + 3, shape[-1] + 2, seed=seed)[..., 2:-1, 1:-1]
+    return randn(*shape, seed=seed)
+
+
 # Step 1: the number of chunks.
 
 
@@ -97,14 +110,16 @@ def test_merge_heads_rows_and_round_trip(B, L, H, d, seed):
 # Step 3: the overlapping chunk view.
 
 
-@given(chunkable(), st.sampled_from((2, 3)), st.integers(1, 4), st.integers(1, 3), st.booleans(), seeds)
-def test_chunk_is_a_view_equal_to_explicit_slices(lw, size_in_windows, BH, d, strided, seed):
+layouts = st.sampled_from(LAYOUTS)
+
+
+@given(chunkable(), st.sampled_from((2, 3)), st.integers(1, 4), st.integers(1, 3), layouts, seeds)
+def test_chunk_is_a_view_equal_to_explicit_slices(lw, size_in_windows, BH, d, layout, seed):
     L, w = lw
     size = size_in_windows * w
     if L < size:
         L += w  # 3w chunks need L >= 3w
-    # a plain tensor, or a view of another layout (tokens not adjacent in memory)
-    x = randn(BH, d, L, seed=seed).transpose(1, 2) if strided else randn(BH, L, d, seed=seed)
+    x = laid_out(layout, BH, L, d, seed=seed)
     chunks = chunk(x, w, size=None if size == 2 * w else size)
     count = (L - size) // w + 1
     explicit = torch.stack([x[:, c * w : c * w + size] for c in range(count)], dim=1)
@@ -140,9 +155,9 @@ def test_chunk_scores_are_the_products_inside_each_chunk(lw, BH, d, seed):
 # Step 4b: the skew and its inverse.
 
 
-@given(st.integers(1, 6), st.integers(1, 9), st.integers(-9, 9), st.integers(1, 9), seeds)
-def test_skew_reads_diagonals_into_columns(R, N, first, count, seed):
-    m = randn(2, R, N, seed=seed)
+@given(st.integers(1, 6), st.integers(1, 9), st.integers(-9, 9), st.integers(1, 9), layouts, seeds)
+def test_skew_reads_diagonals_into_columns(R, N, first, count, layout, seed):
+    m = laid_out(layout, 2, R, N, seed=seed)
     out = skew(m, first, count)
     expected = torch.zeros(2, R, count, dtype=m.dtype)
     for r in range(R):

@@ -42,7 +42,14 @@ def execute(path: pathlib.Path) -> None:
     for cell in nb.cells:
         if SETUP_TAG in cell.metadata.get("tags", []):
             cell.source = SETUP_SOURCE.format(url=url)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    client = NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        record_timing=False,  # no timestamps: a re-run changes only what the cells print
+        resources={"metadata": {"path": str(path.parent)}},
+    )
+    client.execute()
     nbformat.write(nb, path)
     print(f"executed {path.relative_to(ROOT)}")
 

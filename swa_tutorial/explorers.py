@@ -131,7 +131,7 @@ def draw_skew(fig, stage: int = 0, chunk_index: int = 0, window: int = 2, seq_le
     colors = diagonal_colors(key - query, (key >= 0) & (key < 2 * w))
     colors[pos < 0] = "white"
     ax = fig.add_axes((0.02, 0.25, 0.96, 0.4)) if flat else fig.add_subplot(1, 1, 1)
-    draw_matrix(ax, text=np.where(pos < 0, "", labels[pos]), colors=colors, fontsize=7 if flat else 9,
+    draw_matrix(ax, text=np.where(pos < 0, "", labels[pos]), colors=colors, fontsize=8 if flat else 9,
                 row_names=None if flat else token_names(2 * w, chunk_index * w + 1),
                 col_names=[str(i) for i in range(pos.shape[1])] if flat else None)
     if flat:  # thin lines: where the padded rows end; outlined: the runs the skew reads

@@ -26,8 +26,9 @@ def sliding_window_attention(q, k, v, window, *, key_padding_mask=None, scale=No
     2w + 1 wide), in O(L w) time and memory, through Longformer's overlapping chunks.
 
     Args:
-        q, k: [B, L, H, d] queries and keys; v: [B, L, H, d_v] values. Same dtype (float64,
-            float32, float16 or bfloat16) and device. Any L >= 1.
+        q: queries [B, L, H, d], float64, float32, float16 or bfloat16, any L >= 1.
+        k: keys [B, L, H, d], the dtype and device of q.
+        v: values [B, L, H, d_v], the dtype and device of q.
         window: the one-sided window w, an int >= 1. A window of L - 1 or more is ordinary dense
             attention (it is clipped to L - 1 inside).
         key_padding_mask: optional bool [B, L]; True marks a padding key that no query may attend

@@ -96,7 +96,7 @@ def dense_to_band(dense: torch.Tensor, window: int) -> torch.Tensor:
 def band_to_dense(band: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     """Band layout to dense layout: [..., L, 2w + 1] -> [..., L, L].
 
-    ``dense[..., i, k] = band[..., i, k - i + w]`` inside the band |i - k| <= w, ``fill`` outside.
+    ``dense[..., i, k] = band[..., i, k - i + w]`` inside the band ``|i - k| <= w``, ``fill`` outside.
     """
     L, width = band.shape[-2:]
     w = (width - 1) // 2

@@ -1,0 +1,110 @@
+"""Pictures in the spirit of the seed: small labelled matrices, the band shaded, chunks outlined.
+
+Every function draws onto a matplotlib ``Axes`` it is given and returns it, so the chapters, the
+live explorers and the kernel-free explorers all draw the same pictures. Tensors are accepted
+wherever an array is.
+"""
+
+from __future__ import annotations
+
+import matplotlib.colors as mcolors
+import matplotlib.patches as mpatches
+import numpy as np
+import torch
+
+BAND_COLOR = "#cfe3f7"  # cells inside the band |i - j| <= w
+INVALID_COLOR = "#e6e6e6"  # band cells whose key is outside the sequence, or padding
+CHUNK_COLORS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
+
+
+def as_array(x) -> np.ndarray:
+    """A tensor or array-like as a NumPy array (detached, on the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def token_names(n: int, first: int = 1) -> list[str]:
+    """Tick labels for n tokens, numbered from ``first`` as in the seed (1 .. n)."""
+    return [str(i) for i in range(first, first + n)]
+
+
+def draw_matrix(
+    ax,
+    values=None,
+    *,
+    text=None,
+    shade=None,
+    colors=None,
+    blank=None,
+    fmt="{:.0f}",
+    row_names=None,
+    col_names=None,
+    title=None,
+    fontsize=None,
+):
+    """Draw an R x N matrix as a grid of cells with a label in each.
+
+    values: [R, N] numbers printed with ``fmt``; or ``text``: [R, N] strings printed as they are.
+    shade: bool [R, N], cells filled with ``BAND_COLOR``; colors: [R, N] of matplotlib colours
+    (or None per cell) that override it; blank: bool [R, N], cells left empty (no label).
+    row_names, col_names: tick labels for rows (left) and columns (top).
+    """
+    if text is None:
+        values = as_array(values)
+        text = np.vectorize(lambda v: fmt.format(v), otypes=[object])(values)
+    text = np.asarray(text, dtype=object)
+    R, N = text.shape
+    rgb = np.ones((R, N, 3))
+    if shade is not None:
+        rgb[as_array(shade).astype(bool)] = mcolors.to_rgb(BAND_COLOR)
+    if colors is not None:
+        for (r, c), color in np.ndenumerate(np.asarray(colors, dtype=object)):
+            if color is not None:
+                rgb[r, c] = mcolors.to_rgb(color)
+    ax.imshow(rgb, extent=(-0.5, N - 0.5, R - 0.5, -0.5), interpolation="nearest")
+    blank = np.zeros((R, N), bool) if blank is None else as_array(blank).astype(bool)
+    size = fontsize or max(5, min(11, 90 / max(R, N)))
+    for (r, c), label in np.ndenumerate(text):
+        if not blank[r, c]:
+            ax.text(c, r, label, ha="center", va="center", fontsize=size)
+    ax.set_xticks(np.arange(-0.5, N), minor=True)
+    ax.set_yticks(np.arange(-0.5, R), minor=True)
+    ax.grid(which="minor", color="#999999", linewidth=0.6)
+    ax.tick_params(which="both", length=0, labelsize=size, top=True, labeltop=True, bottom=False, labelbottom=False)
+    ax.set_xticks(np.arange(N), col_names if col_names is not None else [""] * N)
+    ax.set_yticks(np.arange(R), row_names if row_names is not None else [""] * R)
+    if title:
+        ax.set_title(title, fontsize=size + 1, pad=2.2 * size)
+    return ax
+
+
+def outline_chunks(ax, seq_len: int, window: int, chunks=None, *, on="both", linewidth=2.5):
+    """Outline chunk c (tokens c w .. c w + 2w - 1) over an L x L picture, one colour per chunk.
+
+    on="both" draws the 2w x 2w square where the chunk meets itself; "rows" draws the chunk's
+    rows across the full width (for a picture of Q, K or V, or the band layout).
+    ``chunks`` picks which chunks (default: all C = L // w - 1).
+    """
+    count = seq_len // window - 1
+    for c in range(count) if chunks is None else chunks:
+        start = c * window - 0.5
+        width = ax.get_xlim()[1] - ax.get_xlim()[0] if on == "rows" else 2 * window
+        x0 = ax.get_xlim()[0] if on == "rows" else start
+        ax.add_patch(
+            mpatches.Rectangle(
+                (x0, start), width, 2 * window, fill=False,
+                edgecolor=CHUNK_COLORS[c % len(CHUNK_COLORS)], linewidth=linewidth,
+                linestyle=("-", "--")[c % 2], zorder=3, label=f"chunk {c}",
+            )
+        )
+    return ax
+
+
+def score_labels(scores, mask=None) -> np.ndarray:
+    """Integer labels of a labelled score tensor (10 i + j) as strings; '' where mask is False."""
+    scores = as_array(scores)
+    text = np.vectorize(lambda v: f"{v:.0f}", otypes=[object])(scores)
+    if mask is not None:
+        text[~as_array(mask).astype(bool)] = ""
+    return text

@@ -1,0 +1,167 @@
+"""Bad input raises a TypeError or ValueError whose message names the argument and the expectation.
+
+The public function and both references share the checks, so each case runs against all three.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from swa_tutorial import (
+    band_mask,
+    chunk,
+    dense_attention,
+    dense_to_band,
+    loop_attention,
+    sliding_window_attention,
+)
+
+ENTRY_POINTS = (sliding_window_attention, dense_attention, loop_attention)
+B, L, H, D = 2, 6, 3, 4
+
+
+def tensor(*shape, dtype=torch.float64, device="cpu") -> torch.Tensor:
+    return torch.zeros(*shape, dtype=dtype, device=device)
+
+
+def qkv(**changes):
+    """Valid q, k, v [2, 6, 3, 4] float64 on the CPU, with those named in ``changes`` replaced."""
+    tensors = {name: torch.randn(B, L, H, D, dtype=torch.float64) for name in "qkv"}
+    tensors.update(changes)
+    return tensors["q"], tensors["k"], tensors["v"]
+
+
+TENSOR = r"must be a torch\.Tensor of shape \[B, L, H, d\], got "
+RANK = r"must have 4 dimensions \[B, L, H, d\], got "
+BAD_TENSORS = {  # name: (the arguments that replace valid ones, the exception, its message)
+    "q not a tensor": (dict(q=[[1.0]]), TypeError, "q " + TENSOR + "list"),
+    "v not a tensor": (dict(v=None), TypeError, "v " + TENSOR + "NoneType"),
+    "q of integers": (
+        dict(q=tensor(B, L, H, D, dtype=torch.int64)),
+        TypeError,
+        r"q must be a floating-point tensor, got dtype torch\.int64",
+    ),
+    "k of bools": (
+        dict(k=tensor(B, L, H, D, dtype=torch.bool)),
+        TypeError,
+        r"k must be a floating-point tensor, got dtype torch\.bool",
+    ),
+    "q of rank 3": (dict(q=tensor(B, L, H * D)), ValueError, "q " + RANK + r"3 \(shape \(2, 6, 12\)\)"),
+    "v of rank 5": (dict(v=tensor(B, L, H, D, 1)), ValueError, "v " + RANK + "5"),
+    "k shorter": (
+        dict(k=tensor(B, L - 1, H, D)),
+        ValueError,
+        r"k must have the same shape as q \(2, 6, 3, 4\), got \(2, 5, 3, 4\)",
+    ),
+    "k other head dim": (dict(k=tensor(B, L, H, D + 1)), ValueError, r"k must have the same shape as q"),
+    "v other heads": (
+        dict(v=tensor(B, L, H + 1, D)),
+        ValueError,
+        r"v must match q in \[B, L, H\] = \(2, 6, 3\), got \(2, 6, 4\)",
+    ),
+    "v other batch": (dict(v=tensor(B + 1, L, H, D)), ValueError, r"v must match q in \[B, L, H\]"),
+    "k float32": (
+        dict(k=tensor(B, L, H, D, dtype=torch.float32)),
+        TypeError,
+        r"k must have the same dtype as q \(torch\.float64\), got torch\.float32",
+    ),
+    "v float16": (
+        dict(v=tensor(B, L, H, D, dtype=torch.float16)),
+        TypeError,
+        r"v must have the same dtype as q \(torch\.float64\), got torch\.float16",
+    ),
+    "k on meta": (
+        dict(k=tensor(B, L, H, D, device="meta")),
+        ValueError,
+        r"k must be on the same device as q \(cpu\), got meta",
+    ),
+    "v on meta": (
+        dict(v=tensor(B, L, H, D, device="meta")),
+        ValueError,
+        r"v must be on the same device as q \(cpu\), got meta",
+    ),
+    "no tokens": (
+        dict(q=tensor(B, 0, H, D), k=tensor(B, 0, H, D), v=tensor(B, 0, H, D)),
+        ValueError,
+        r"at least one token \(L >= 1\), got L = 0",
+    ),
+}
+
+
+WINDOW = r"window must be an int >= 1 \(the one-sided window w\), got "
+BAD_WINDOWS = {
+    f"window {window!r}": (dict(window=window), error, WINDOW + got)
+    for window, error, got in [
+        (0, ValueError, "0"),
+        (-1, ValueError, "-1"),
+        (2.0, TypeError, "float"),
+        (True, TypeError, "bool"),
+        ("2", TypeError, "str"),
+        (None, TypeError, "NoneType"),
+    ]
+}
+
+MASK_SHAPE = r"key_padding_mask must have shape \[B, L\] = \[2, 6\], got "
+MASK_DTYPE = r"key_padding_mask must have dtype torch\.bool \(True = padding\), got "
+BAD_MASKS = {
+    f"mask {name}": (dict(key_padding_mask=mask), error, message)
+    for name, mask, error, message in [
+        ("a list", [[False] * L] * B, TypeError, r"must be a bool torch\.Tensor \[B, L\] or None, got list"),
+        ("float", tensor(B, L, dtype=torch.float32), TypeError, MASK_DTYPE + r"torch\.float32"),
+        ("int", tensor(B, L, dtype=torch.int64), TypeError, MASK_DTYPE + r"torch\.int64"),
+        ("too short", tensor(B, L - 1, dtype=torch.bool), ValueError, MASK_SHAPE + r"\[2, 5\]"),
+        ("per head", tensor(B, H, L, dtype=torch.bool), ValueError, MASK_SHAPE + r"\[2, 3, 6\]"),
+        ("transposed", tensor(L, B, dtype=torch.bool), ValueError, MASK_SHAPE + r"\[6, 2\]"),
+        (
+            "on meta",
+            tensor(B, L, dtype=torch.bool, device="meta"),
+            ValueError,
+            r"key_padding_mask must be on the same device as q \(cpu\), got meta",
+        ),
+    ]
+}
+
+BAD_SCALES = {
+    f"scale {name}": (dict(scale=scale), TypeError, "scale must be a real number or None, got " + name)
+    for name, scale in [("str", "0.5"), ("bool", True), ("Tensor", torch.tensor(0.5)), ("complex", 1j)]
+}
+
+BAD_INPUTS = {**BAD_TENSORS, **BAD_WINDOWS, **BAD_MASKS, **BAD_SCALES}
+
+
+@pytest.mark.parametrize("fn", ENTRY_POINTS)
+@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_bad_input_raises_a_clear_error(fn, case):
+    arguments, error, message = case
+    q, k, v = qkv(**{name: arguments[name] for name in "qkv" if name in arguments})
+    keywords = {name: arguments[name] for name in ("key_padding_mask", "scale") if name in arguments}
+    with pytest.raises(error, match=message):
+        fn(q, k, v, arguments.get("window", 2), **keywords)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda window: band_mask(8, window),
+        lambda window: chunk(tensor(1, 8, 1), window),
+        lambda window: dense_to_band(tensor(8, 8), window),
+    ],
+    ids=["band_mask", "chunk", "dense_to_band"],
+)
+@pytest.mark.parametrize("case", BAD_WINDOWS.values(), ids=BAD_WINDOWS.keys())
+def test_steps_check_the_window_too(step, case):
+    arguments, error, message = case
+    with pytest.raises(error, match=message):
+        step(arguments["window"])
+
+
+@pytest.mark.parametrize("fn", ENTRY_POINTS)
+def test_unusual_but_valid_arguments_are_accepted(fn):
+    """An integer scale, a NumPy integer window and v with its own head dim all pass the checks."""
+    q, k, _ = qkv()
+    v = torch.randn(B, L, H, 7, dtype=torch.float64)
+    out = fn(q, k, v, np.int64(2), scale=2)
+    assert out.shape == (B, L, H, 7)
+    torch.testing.assert_close(out, dense_attention(q, k, v, 2, scale=2.0), rtol=0, atol=1e-10)

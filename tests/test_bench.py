@@ -154,3 +154,12 @@ def _assert_schema(doc):
 @pytest.mark.parametrize("path", sorted(DATA.glob("*.json")), ids=lambda p: p.name)
 def test_committed_result_files_follow_the_schema(path):
     _assert_schema(json.loads(path.read_text()))
+
+
+def test_device_check_passes_on_the_cpu():
+    """The device check run on GPUs is the same code; here it runs on the CPU."""
+    from swa_tutorial.bench.device_check import TOLERANCES, check
+
+    worst = check("cpu")
+    assert set(worst) == {str(t) for t in TOLERANCES}
+    assert all(worst[str(t)] < tol for t, tol in TOLERANCES.items())

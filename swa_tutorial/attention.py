@@ -56,12 +56,20 @@ def sliding_window_attention(q, k, v, window, *, key_padding_mask=None, scale=No
 
     def prepare(x):  # [B, L, H, d] -> [B*H, Lp, d], zero rows appended
         x = merge_heads(x)
-        return F.pad(x, (0, 0, 0, Lp - L)) if Lp > L else x  # (F.pad copies even when it adds nothing)
+        # (F.pad copies even when it adds nothing)
+        return F.pad(x, (0, 0, 0, Lp - L)) if Lp > L else x
 
-    band = band_scores(chunk_scores(chunk(prepare(q * scale), w), chunk(prepare(k), w)))  # BH x Lp x (2w + 1)
-    mask = band_mask(L, w, padded_len=Lp, key_padding_mask=key_padding_mask, device=q.device)
-    # Without key padding every row sees a real key (itself, or for the rows past L, token L - 1).
-    probs = band_softmax(band.unflatten(0, (B, H)), mask[:, None], every_row_has_key=key_padding_mask is None)
-    del band  # B x H x Lp x (2w + 1) probabilities from here on; the scores' memory is free for P x V
-    out = band_times_values(probs.to(v.dtype).flatten(0, 1), prepare(v))  # BH x Lp x d_v
+    scores = chunk_scores(chunk(prepare(q * scale), w),  # BH x C x 2w x 2w
+                          chunk(prepare(k), w))
+    band = band_scores(scores)  # BH x Lp x (2w+1)
+    del scores
+    mask = band_mask(L, w, padded_len=Lp,
+                     key_padding_mask=key_padding_mask, device=q.device)
+    # Without key padding every row sees a real key (itself, or for the
+    # rows past L, token L - 1), so no row needs zeroing after the softmax.
+    probs = band_softmax(band.unflatten(0, (B, H)), mask[:, None],
+                         every_row_has_key=key_padding_mask is None)
+    del band  # free the scores' memory for P x V
+    probs = probs.to(v.dtype).flatten(0, 1)  # BH x Lp x (2w+1)
+    out = band_times_values(probs, prepare(v))  # BH x Lp x d_v
     return split_heads(out, B)[:, :L]  # B x L x H x d_v

@@ -68,9 +68,12 @@ def loop_attention(q, k, v, window, *, key_padding_mask=None, scale=None) -> tor
     out = v.new_zeros(B, L, H, v.shape[-1])
     for i in range(L):
         lo, hi = max(0, i - window), min(L, i + window + 1)
-        scores = torch.einsum("bhd,bjhd->bhj", q[:, i], k[:, lo:hi]) * scale  # B x H x n
+        # B x H x n scores of query i against its n = hi - lo keys
+        scores = torch.einsum("bhd,bjhd->bhj", q[:, i], k[:, lo:hi]) * scale
         if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, lo:hi], float("-inf"))
-        probs = scores.softmax(dim=-1).nan_to_num(0.0)  # a window of only padding -> zeros
+            padding = key_padding_mask[:, None, lo:hi]  # B x 1 x n
+            scores = scores.masked_fill(padding, float("-inf"))
+        # a window of only padding gives NaN: make it zeros
+        probs = scores.softmax(dim=-1).nan_to_num(0.0)
         out[:, i] = torch.einsum("bhj,bjhd->bhd", probs, v[:, lo:hi])
     return out

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from .band import band_mask, band_scores, band_softmax
 from .chunks import chunk, chunk_scores, merge_heads, split_heads
-from .validation import check_key_padding_mask, check_qkv, check_scale, check_window
+from .validation import check_chunk_window as check_window, check_key_padding_mask, check_qkv, check_scale
 from .values import band_times_values
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .skew import skew
-from .validation import check_window
+from .validation import check_chunk_window
 
 
 def band_scores(chunk_scores: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ def band_mask(
     number of rows L' when the sequence was padded at the end: the rows past seq_len are queries
     that will be dropped, and no row may attend to the keys past seq_len.
     """
-    w = check_window(window)
+    w = check_chunk_window(window)
     padded_len = seq_len if padded_len is None else padded_len
     if key_padding_mask is not None:
         device = key_padding_mask.device
@@ -84,7 +84,7 @@ def dense_to_band(dense: torch.Tensor, window: int) -> torch.Tensor:
 
     ``band[..., i, j] = dense[..., i, i + j - w]``; cells outside the matrix are 0.
     """
-    window = check_window(window)
+    window = check_chunk_window(window)
     L = dense.shape[-1]
     pos = torch.arange(L, device=dense.device)
     key = pos[:, None] + torch.arange(-window, window + 1, device=dense.device)  # L x (2w + 1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .validation import check_window
+from .validation import check_chunk_window
 
 
 def num_chunks(seq_len: int, window: int) -> int:
@@ -19,7 +19,7 @@ def num_chunks(seq_len: int, window: int) -> int:
     L must be a multiple of w and at least 2w (one whole chunk); the public function pads any
     other length up to such a one first.
     """
-    window = check_window(window)
+    window = check_chunk_window(window)
     if seq_len < 2 * window or seq_len % window:
         raise ValueError(
             f"seq_len must be a multiple of window and at least 2 * window = {2 * window} "
@@ -52,7 +52,7 @@ def chunk(x: torch.Tensor, window: int, size: int | None = None) -> torch.Tensor
     is copied; overlapping chunks read the same memory. ``size`` (default 2w) sets the chunk
     length; the value chunks of P x V use 3w. Then C = (L - size) // w + 1.
     """
-    window = check_window(window)
+    window = check_chunk_window(window)
     size = 2 * window if size is None else size
     BH, L, d = x.shape
     if L < size or (L - size) % window:

@@ -6,13 +6,25 @@ or shape) whose message names the argument and says what was expected. Nothing h
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
 
+FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
-def check_window(window) -> int:
-    """Return ``window`` as an int, or raise: it must be an integer >= 1 (not a bool)."""
+
+def check_int(value, name: str, minimum: int = 0) -> int:
+    """Return ``value`` as an int, or raise: it must be an integer >= ``minimum`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_chunk_window(window) -> int:
+    """The one-sided w of the chunk steps: an int >= 1 (the entry point takes every window form)."""
     if isinstance(window, bool) or not isinstance(window, numbers.Integral):
         raise TypeError(f"window must be an int >= 1 (the one-sided window w), got {type(window).__name__}")
     if window < 1:
@@ -20,16 +32,29 @@ def check_window(window) -> int:
     return int(window)
 
 
+def check_tensor(x, name: str, dims: str) -> None:
+    """``x`` must be a strided (dense, not quantized) floating tensor of a supported dtype.
+
+    ``dims`` names the expected shape in messages, e.g. "[B, L, H, d]".
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {dims}, got {type(x).__name__}")
+    if x.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
+    if x.is_quantized:
+        raise TypeError(f"{name} must be a floating-point tensor, got the quantized dtype {x.dtype}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float64, float32, float16 or bfloat16, got dtype {x.dtype}")
+
+
 def check_qkv(q, k, v) -> None:
     """Check that q, k, v are floating tensors [B, L, H, d] on one device with one dtype.
 
-    k must match q exactly; v must match q in B, L and H (its head dim may differ).
+    k must match q exactly; v must match q in B, L and H (its head dim may differ). Any size may
+    be 0 (the result is then empty, or for d = 0 the plain average of the window's values).
     """
     for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor of shape [B, L, H, d], got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        check_tensor(x, name, "[B, L, H, d]")
         if x.dim() != 4:
             raise ValueError(
                 f"{name} must have 4 dimensions [B, L, H, d], got {x.dim()} (shape {tuple(x.shape)})"
@@ -45,8 +70,6 @@ def check_qkv(q, k, v) -> None:
             raise TypeError(f"{name} must have the same dtype as q ({q.dtype}), got {x.dtype}")
         if x.device != q.device:
             raise ValueError(f"{name} must be on the same device as q ({q.device}), got {x.device}")
-    if q.shape[1] < 1:
-        raise ValueError("q, k, v must hold at least one token (L >= 1), got L = 0")
 
 
 def check_key_padding_mask(mask, batch: int, seq_len: int, device: torch.device) -> None:
@@ -57,6 +80,8 @@ def check_key_padding_mask(mask, batch: int, seq_len: int, device: torch.device)
         raise TypeError(
             f"key_padding_mask must be a bool torch.Tensor [B, L] or None, got {type(mask).__name__}"
         )
+    if mask.layout != torch.strided:
+        raise TypeError(f"key_padding_mask must be a dense (strided) tensor, got layout {mask.layout}")
     if mask.dtype != torch.bool:
         raise TypeError(f"key_padding_mask must have dtype torch.bool (True = padding), got {mask.dtype}")
     if tuple(mask.shape) != (batch, seq_len):
@@ -68,9 +93,18 @@ def check_key_padding_mask(mask, batch: int, seq_len: int, device: torch.device)
 
 
 def check_scale(scale, head_dim: int) -> float:
-    """Return the softmax scale: ``scale`` as a float, or 1 / sqrt(d) when it is None."""
+    """Return the softmax scale: ``scale`` as a finite float, or 1 / sqrt(d) when it is None.
+
+    With d = 0 every score is 0 whatever the scale; the default is then 1.
+    """
     if scale is None:
-        return head_dim**-0.5
+        return head_dim**-0.5 if head_dim > 0 else 1.0
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
-    return float(scale)
+    try:
+        value = float(scale)
+    except OverflowError:
+        value = float("inf")
+    if not math.isfinite(value):
+        raise ValueError(f"scale must be a finite real number, got {scale}")
+    return value

@@ -1,0 +1,115 @@
+"""A window: which keys each query attends to, as ``(left, right)`` and a dilation.
+
+Query i attends key j when j - i is a multiple of the dilation d and
+
+    -left * d  <=  j - i  <=  right * d,
+
+both ends inclusive: ``left`` keys before the query, ``right`` after it, and the query's own key,
+each d tokens apart. The forms a caller may write:
+
+* an int w >= 1: Longformer's symmetric window, the same as ``(w, w)`` (a band 2w + 1 wide);
+* a pair ``(left, right)`` of ints >= 0: FlashAttention's ``window_size`` (when queries and keys
+  are one sequence). ``(w, 0)`` is a causal window of w + 1 keys, ``(0, 0)`` the token alone;
+  ``None`` for a side means no limit on it, so ``(None, 0)`` is ordinary causal attention;
+* ``dilation``: an int d >= 1 for every head, or a sequence of H ints, one per head (the
+  Longformer paper gives its heads different dilations).
+
+This module only describes windows; :mod:`swa_tutorial.reference` attends through them.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+Side = Optional[int]
+WindowSpec = Union[int, Tuple[Side, Side]]
+
+_WINDOW_FORMS = "an int w >= 1 or a pair (left, right) of ints >= 0 (None for no limit)"
+
+
+def is_int(x) -> bool:
+    """True for a Python or NumPy integer, False for a bool or anything else."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_window(window) -> tuple[Side, Side]:
+    """Return the window as ``(left, right)``, or raise a TypeError/ValueError naming ``window``.
+
+    ``w`` becomes ``(w, w)``; a pair is checked side by side (ints >= 0, or None).
+    """
+    if is_int(window):
+        if window < 1:
+            raise ValueError(f"window must be {_WINDOW_FORMS}; an int window is one-sided and >= 1, got {window}")
+        return int(window), int(window)
+    if isinstance(window, (tuple, list)):
+        if len(window) != 2:
+            raise ValueError(f"window must be {_WINDOW_FORMS}, got a sequence of length {len(window)}")
+        sides = []
+        for name, side in zip(("left", "right"), window):
+            if side is None:
+                sides.append(None)
+                continue
+            if not is_int(side):
+                raise TypeError(f"window's {name} must be an int >= 0 or None, got {type(side).__name__}")
+            if side < 0:
+                raise ValueError(f"window's {name} must be an int >= 0 or None, got {side}")
+            sides.append(int(side))
+        return sides[0], sides[1]
+    raise TypeError(f"window must be {_WINDOW_FORMS}, got {type(window).__name__}")
+
+
+def check_dilation(dilation, heads: int) -> tuple[int, ...]:
+    """Return one dilation per head, or raise a TypeError/ValueError naming ``dilation``.
+
+    ``dilation`` is an int d >= 1 (every head) or a sequence of ``heads`` ints >= 1.
+    """
+    if is_int(dilation):
+        values: Sequence = [dilation] * heads
+    elif isinstance(dilation, (tuple, list)):
+        values = dilation
+        if len(values) != heads:
+            raise ValueError(f"dilation must hold one int per head (H = {heads}), got {len(values)} values")
+    else:
+        raise TypeError(f"dilation must be an int >= 1 or a sequence of H ints >= 1, got {type(dilation).__name__}")
+    for d in values:
+        if not is_int(d):
+            raise TypeError(f"dilation must be made of ints >= 1, got {type(d).__name__}")
+        if d < 1:
+            raise ValueError(f"dilation must be made of ints >= 1, got {d}")
+    return tuple(int(d) for d in values)
+
+
+def clip_window(window: tuple[Side, Side], reach: int) -> tuple[int, int]:
+    """``(left, right)`` with None and every side beyond ``reach`` replaced by ``reach``.
+
+    With ``reach`` = L - 1 (or the number of steps of d that fit in L - 1) a wider side sees no
+    more keys, so the clipped window computes the same attention.
+    """
+    reach = max(reach, 0)
+    return tuple(reach if side is None else min(side, reach) for side in window)  # type: ignore[return-value]
+
+
+def window_size(window: tuple[Side, Side]) -> int | None:
+    """How many keys a query sees away from the ends: left + right + 1 (None if unbounded)."""
+    left, right = window
+    return None if left is None or right is None else left + right + 1
+
+
+def window_mask(seq_len: int, window, device=None, *, dilation: int = 1) -> torch.Tensor:
+    """The window as a dense boolean matrix, built from index arithmetic: bool [L, L].
+
+    ``mask[i, j]`` is True when query i may attend key j: (j - i) % d == 0 and
+    -left * d <= j - i <= right * d (the convention of
+    ``torch.nn.functional.scaled_dot_product_attention``: True = attend). ``window`` takes every
+    form of the module docstring; ``dilation`` is one int.
+    """
+    if not is_int(seq_len) or seq_len < 0:
+        raise ValueError(f"seq_len must be an int >= 0, got {seq_len!r}")
+    (d,) = check_dilation(dilation, 1)
+    left, right = clip_window(check_window(window), seq_len)  # no overflow for huge windows
+    pos = torch.arange(seq_len, device=device)
+    offset = pos[None, :] - pos[:, None]  # L x L: j - i
+    return (offset % d == 0) & (offset >= -left * d) & (offset <= right * d)

@@ -50,13 +50,14 @@ class RollingKVCache:
     the attention output of their queries, [B, n, H, d_v] in ``dtype``; for float16/bfloat16 the
     scores, softmax and P x V run in float32. For inference: nothing is recorded for autograd.
 
-    Storage: :attr:`keys` [B, S, H, d] and :attr:`values` [B, S, H, d_v] with S = left + 1, made
-    once and written in place; :attr:`positions` [S] says which token each slot holds (-1: none
-    yet), :attr:`held` [B, S] whether that token is a real (not padding) key.
+    Storage: ``keys`` [B, S, H, d] and ``values`` [B, S, H, d_v] with S = left + 1, made once and
+    written in place; ``positions`` [S] says which token (from 0) each slot holds (-1: none yet),
+    ``held`` [B, S] whether that token is a real (not padding) key; ``length`` counts the tokens
+    seen, padding included.
     """
 
-    def __init__(self, left, *, batch, heads, head_dim, value_dim=None, dtype=torch.float32, device=None,
-                 scale=None):
+    def __init__(self, left, *, batch, heads, head_dim, value_dim=None, dtype=torch.float32,
+                 device=None, scale=None):
         if left is None:
             raise TypeError("left must be an int >= 0: a rolling cache needs a bounded window, got None")
         self.left = check_int(left, "left", 0)
@@ -68,31 +69,18 @@ class RollingKVCache:
             raise TypeError(f"dtype must be torch.float64, float32, float16 or bfloat16, got {dtype}")
         self.dtype = dtype
         try:
-            self.device = torch.device("cpu" if device is None else device)
+            device = torch.device("cpu" if device is None else device)
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"device must name a torch device, got {device!r}") from error
         self.scale = check_scale(scale, self.head_dim)
         B, S, H = self.batch, self.left + 1, self.heads
         # zeros, not empty: a slot that holds no key still meets a zero weight in P x V
-        self.keys = torch.zeros(B, S, H, self.head_dim, dtype=dtype, device=self.device)
+        self.keys = torch.zeros(B, S, H, self.head_dim, dtype=dtype, device=device)
+        self.device = self.keys.device  # as tensors report it: "cuda" becomes "cuda:0"
         self.values = torch.zeros(B, S, H, self.value_dim, dtype=dtype, device=self.device)
         self.positions = torch.full((S,), -1, dtype=torch.long, device=self.device)
         self.held = torch.zeros(B, S, dtype=torch.bool, device=self.device)
         self.length = 0  # tokens seen so far, padding included
-        self.started = False
-
-    @property
-    def slots(self) -> int:
-        """S = left + 1, the number of tokens the cache holds."""
-        return self.left + 1
-
-    def reset(self) -> None:
-        """Forget the sequence; the next call must be :meth:`prefill`. The buffers are reused."""
-        self.keys.zero_()
-        self.values.zero_()
-        self.positions.fill_(-1)
-        self.held.zero_()
-        self.length = 0
         self.started = False
 
     @torch.no_grad()
@@ -122,7 +110,8 @@ class RollingKVCache:
             queries, keys = slice(start, stop), slice(max(0, start - self.left), stop)
             offset = pos[None, keys] - pos[queries, None]  # n x m: key - query
             allowed = (offset <= 0) & (offset >= -self.left) & ~padding[:, None, keys]  # B x n x m
-            out[:, queries] = masked_attention(q[:, queries], k[:, keys], v[:, keys], allowed, self.scale)
+            out[:, queries] = masked_attention(q[:, queries], k[:, keys], v[:, keys], allowed,
+                                               self.scale)
         kept = slice(max(0, T - S), T)  # the newest S tokens of the prompt
         self._write(pos[kept], k[:, kept], v[:, kept], ~padding[:, kept])
         self.length, self.started = T, True
@@ -136,15 +125,31 @@ class RollingKVCache:
         on); then its query attends every held slot: exactly the keys t - left .. t.
         """
         if not self.started:
-            raise RuntimeError("step() before prefill(): call prefill() first (a prompt of length 0 if none)")
+            raise RuntimeError(
+                "step() before prefill(): call prefill() first (a prompt of length 0 if none)"
+            )
         self._check(q, k, v, "step")
         t = torch.tensor([self.length], device=self.device)
         self._write(t, k, v, torch.ones(self.batch, 1, dtype=torch.bool, device=self.device))
         self.length += 1
         return masked_attention(q, self.keys, self.values, self.held[:, None, :], self.scale)
 
+    @property
+    def slots(self) -> int:
+        """S = left + 1, the number of tokens the cache holds."""
+        return self.left + 1
+
+    def reset(self) -> None:
+        """Forget the sequence; the next call must be :meth:`prefill`. The buffers are reused."""
+        self.keys.zero_()
+        self.values.zero_()
+        self.positions.fill_(-1)
+        self.held.zero_()
+        self.length = 0
+        self.started = False
+
     def _write(self, positions, k, v, real) -> None:
-        """Put tokens ``positions`` [n] (k [B, n, H, d], v, real: bool [B, n]) in their slots, in place."""
+        """Put tokens ``positions`` [n] (k [B, n, H, d], v, real: bool [B, n]) in their slots."""
         slots = positions % self.slots
         self.keys.index_copy_(1, slots, k)
         self.values.index_copy_(1, slots, v)
@@ -159,15 +164,17 @@ class RollingKVCache:
             T, what = 1, "one new token"
         else:
             T, what = (q.shape[1] if q.dim() == 4 else "T"), "the prompt"
-        for name, x, last, last_name in (("q", q, self.head_dim, "d"), ("k", k, self.head_dim, "d"),
-                                         ("v", v, self.value_dim, "d_v")):
+        dims = (("q", q, self.head_dim, "d"), ("k", k, self.head_dim, "d"), ("v", v, self.value_dim, "d_v"))
+        for name, x, last, last_name in dims:
             expected = (self.batch, T, self.heads, last)
             if tuple(x.shape) != expected:
-                dims = f"[B, {'1' if method == 'step' else 'T'}, H, {last_name}]"
-                raise ValueError(f"{method}: {name} must have shape {dims} = {list(expected)} ({what}), "
+                shape = f"[B, {'1' if method == 'step' else 'T'}, H, {last_name}]"
+                raise ValueError(f"{method}: {name} must have shape {shape} = {list(expected)} ({what}), "
                                  f"got {list(x.shape)}")
             if x.dtype != self.dtype:
-                raise TypeError(f"{method}: {name} must have the cache's dtype {self.dtype}, got {x.dtype}")
+                raise TypeError(
+                    f"{method}: {name} must have the cache's dtype {self.dtype}, got {x.dtype}"
+                )
             if x.device != self.device:
                 raise ValueError(
                     f"{method}: {name} must be on the cache's device {self.device}, got {x.device}"

@@ -138,6 +138,13 @@ def test_float16_scores_beyond_its_range():
     assert torch.equal(out.double(), expected)  # [0, 0.5, 1.5, 2, 4.5, 4.5]: exact in float16
 
 
+def test_a_device_name_with_or_without_its_index():
+    """device="cpu:0" (or "cuda" for "cuda:0") names where the tensors are, as they report it."""
+    q, k, v = random_sequence(1, 4, 1, 2, 2, seed=7)
+    cache = RollingKVCache(1, batch=1, heads=1, head_dim=2, dtype=torch.float64, device="cpu:0")
+    assert_close64(generate(cache, q, k, v, 2), dense_attention(q, k, v, (1, 0)), tol=1e-12)
+
+
 def test_generation_is_inference_only():
     q, k, v = (x.requires_grad_() for x in random_sequence(1, 3, 1, 2, 2, seed=6))
     cache = RollingKVCache(1, batch=1, heads=1, head_dim=2, dtype=torch.float64)

@@ -3,7 +3,7 @@
 Every library writes a sliding window its own way, and the most reported bug in this area is an
 off-by-one between two of them. Each function here takes one library's setting, exactly as that
 library spells it, and returns ``(left, right)``: query i attends keys i - left .. i + right, both
-ends inclusive (None for a side without limit), the form :func:`swa_tutorial.windows.check_window`
+ends inclusive (None for a side without limit), the form ``swa_tutorial.windows.check_window``
 takes. A token away from the ends therefore sees left + right + 1 keys.
 
 * FlashAttention ``window_size=(l, r)``: keys i - l .. i + r, so ``(l, r)``, l + r + 1 keys;
@@ -61,14 +61,14 @@ def from_flash_attn(window_size, *, causal: bool = False) -> tuple[Side, Side]:
     right side 0. FlashAttention's newer CuTe interface writes an unbounded side as None.
 
     -1 and None become None (no limit). Any other negative side is refused: FlashAttention
-    documents only -1, and its maintainer called negative sizes "not meant to be" in
-    flash-attention issue 1116 (the kernel happens to treat them as unbounded).
+    documents only -1, and in flash-attention issue 1116 its maintainer did not think window sizes
+    are "meant to be negative" (the kernel probably treats them as unbounded, he wrote).
 
     Issue 1133 (flash-attention) found ``window_size=(S - 1, 0)`` giving other numbers than
-    ``causal=True`` on S tokens although the two are the same mask; the maintainer explained that
-    FlashAttention runs a window it detects as causal through its causal kernel, so the difference
-    is rounding between two kernels, not the window: both are ``(S - 1, 0)`` here, which on S
-    tokens is ``(None, 0)``.
+    ``causal=True`` on S tokens although the two are the same mask. The maintainer's answer:
+    FlashAttention sends a window it recognises as causal (``(S, 0)`` is, ``(S - 1, 0)`` is not)
+    to its faster causal kernel, so the two differ by the rounding of two kernels, not by their
+    window. Here both are ``(S - 1, 0)``, which on S tokens is ``(None, 0)``.
     """
     pair = _pair(window_size, "window_size")
     if not isinstance(causal, bool):

@@ -48,7 +48,9 @@ class RollingKVCache:
     Use: one :meth:`prefill` with the prompt [B, T, H, d] (T may be 0), then :meth:`step` once per
     new token [B, 1, H, d]; :meth:`reset` starts a new sequence in the same buffers. Both return
     the attention output of their queries, [B, n, H, d_v] in ``dtype``; for float16/bfloat16 the
-    scores, softmax and P x V run in float32. For inference: nothing is recorded for autograd.
+    scores, softmax and P x V run in float32. A NaN or inf in q or k makes NaN exactly the rows
+    that score it inside their window, as in dense attention. For inference: nothing is recorded
+    for autograd.
 
     Storage: ``keys`` [B, S, H, d] and ``values`` [B, S, H, d_v] with S = left + 1, made once and
     written in place; ``positions`` [S] says which token (from 0) each slot holds (-1: none yet),

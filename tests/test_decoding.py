@@ -145,6 +145,16 @@ def test_a_device_name_with_or_without_its_index():
     assert_close64(generate(cache, q, k, v, 2), dense_attention(q, k, v, (1, 0)), tol=1e-12)
 
 
+@pytest.mark.parametrize("prompt_len", [0, 4, 12])
+def test_a_nan_key_reaches_exactly_the_windows_that_hold_it(prompt_len):
+    left, L, p = 2, 16, 6
+    q, k, v = random_sequence(1, L, 1, 3, 3, seed=8)
+    k[0, p, 0, 1] = float("nan")
+    cache = RollingKVCache(left, batch=1, heads=1, head_dim=3, dtype=torch.float64)
+    nan_rows = generate(cache, q, k, v, prompt_len).isnan().any(dim=-1)[0, :, 0]
+    assert nan_rows.tolist() == [p <= i <= p + left for i in range(L)]
+
+
 def test_generation_is_inference_only():
     q, k, v = (x.requires_grad_() for x in random_sequence(1, 3, 1, 2, 2, seed=6))
     cache = RollingKVCache(1, batch=1, heads=1, head_dim=2, dtype=torch.float64)

@@ -76,6 +76,22 @@ def longformer_attention(
 
     padding = key_padding_mask
     is_global = global_mask if padding is None else global_mask & ~padding  # B x L
+
+    def global_qkv(slots):  # the global rows' queries (at the global tokens), keys and values
+        return (gather(q if q_global is None else q_global, slots),
+                k if k_global is None else k_global, v if v_global is None else v_global)
+
+    return _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, backend, global_qkv)
+
+
+def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, backend, global_qkv):
+    """:func:`longformer_attention` after validation, ``is_global`` without padding tokens.
+
+    ``global_qkv(slots)`` returns the global rows' queries [B, G, H, d] (at ``slots``, see
+    :func:`global_slots`), keys [B, L, H, d] and values [B, L, H, d_v]. It is called once the window
+    part is done, and only if there is a global token, so that a caller who projects them then
+    (:class:`PatchedLongformerSelfAttention`) does not hold them through the window's peak memory.
+    """
     any_global = bool(is_global.any())
     # The window part never sees a global key: those come, once, in the global keys' part.
     hidden = (padding | is_global if padding is not None else is_global) if any_global else padding
@@ -83,9 +99,7 @@ def longformer_attention(
     if any_global:
         slots, used = global_slots(is_global)  # B x G each
         out = _with_global_keys(out, lse, q, gather(k, slots), gather(v, slots), used, scale)
-        rows = _global_rows(gather(q if q_global is None else q_global, slots),
-                            k if k_global is None else k_global,
-                            v if v_global is None else v_global, padding, scale)  # B x G x H x d_v
+        rows = _global_rows(*global_qkv(slots), padding, scale)  # B x G x H x d_v
         batch, position = is_global.nonzero(as_tuple=True)
         out = out.index_put((batch, position), rows[used])  # the global rows replaced
     if padding is not None:
@@ -193,21 +207,21 @@ class PatchedLongformerSelfAttention(torch.nn.Module):
             is_global = attention_mask > 0 if is_global is None else is_global
         if is_global is None:
             is_global = torch.zeros(B, L, dtype=torch.bool, device=hidden_states.device)
+        if padding is not None:
+            is_global = is_global & ~padding  # (Hugging Face's encoder never marks both)
 
         def heads(x):  # B x L x E -> B x L x H x d
             return x.view(B, L, self.num_heads, self.head_dim)
 
         q, k, v = (heads(layer(hidden_states)) for layer in (self.query, self.key, self.value))
-        q_global = k_global = v_global = None
-        if bool(is_global.any()):  # the global projections, as Hugging Face, only when needed
-            batch, position = is_global.nonzero(as_tuple=True)
-            q_rows = self.query_global(hidden_states[batch, position])  # N x E: only the global tokens
-            q_global = heads(hidden_states.new_zeros(B, L, E).index_put((batch, position), q_rows))
-            k_global, v_global = heads(self.key_global(hidden_states)), heads(self.value_global(hidden_states))
-        out = longformer_attention(
-            q, k, v, self.window, global_mask=is_global, q_global=q_global, k_global=k_global,
-            v_global=v_global, key_padding_mask=padding, scale=self.head_dim**-0.5,
-        )
+
+        def global_qkv(slots):  # as Hugging Face: queries of the global tokens only, after the window
+            q_global = self.query_global(gather(hidden_states[:, :, None], slots))  # B x G x 1 x E
+            return (q_global.view(B, -1, self.num_heads, self.head_dim),
+                    heads(self.key_global(hidden_states)), heads(self.value_global(hidden_states)))
+
+        out = _attend_with_globals(q, k, v, self.window, is_global, padding, self.head_dim**-0.5, 1, "auto",
+                                   global_qkv)
         return (out.reshape(B, L, E),)
 
 

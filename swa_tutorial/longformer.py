@@ -78,7 +78,7 @@ def longformer_attention(
     is_global = global_mask if padding is None else global_mask & ~padding  # B x L
 
     def global_qkv(slots):  # the global rows' queries (at the global tokens), keys and values
-        return (gather(q if q_global is None else q_global, slots),
+        return (_gather(q if q_global is None else q_global, slots),
                 k if k_global is None else k_global, v if v_global is None else v_global)
 
     return _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, backend, global_qkv)
@@ -88,7 +88,7 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
     """:func:`longformer_attention` after validation, ``is_global`` without padding tokens.
 
     ``global_qkv(slots)`` returns the global rows' queries [B, G, H, d] (at ``slots``, see
-    :func:`global_slots`), keys [B, L, H, d] and values [B, L, H, d_v]. It is called once the window
+    ``_global_slots``), keys [B, L, H, d] and values [B, L, H, d_v]. It is called once the window
     part is done, and only if there is a global token, so that a caller who projects them then
     (:class:`PatchedLongformerSelfAttention`) does not hold them through the window's peak memory.
     """
@@ -97,8 +97,8 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
     hidden = (padding | is_global if padding is not None else is_global) if any_global else padding
     out, lse = attend(q, k, v, window, key_padding_mask=hidden, scale=scale, dilation=dilation, backend=backend)
     if any_global:
-        slots, used = global_slots(is_global)  # B x G each
-        out = _with_global_keys(out, lse, q, gather(k, slots), gather(v, slots), used, scale)
+        slots, used = _global_slots(is_global)  # B x G each
+        out = _with_global_keys(out, lse, q, _gather(k, slots), _gather(v, slots), used, scale)
         rows = _global_rows(*global_qkv(slots), padding, scale)  # B x G x H x d_v
         batch, position = is_global.nonzero(as_tuple=True)
         out = out.index_put((batch, position), rows[used])  # the global rows replaced
@@ -107,7 +107,7 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
     return _Output.apply(out, q.dtype)
 
 
-def global_slots(is_global):
+def _global_slots(is_global):
     """Where each batch element's global tokens are: (slots, used), long and bool [B, G].
 
     G is the largest count of global tokens in the batch; row b lists its global positions in
@@ -121,7 +121,7 @@ def global_slots(is_global):
     return slots, torch.gather(is_global, 1, slots)
 
 
-def gather(x, slots):
+def _gather(x, slots):
     """The tokens of x [B, L, H, e] at ``slots`` [B, G]: [B, G, H, e]."""
     B, G = slots.shape
     return torch.gather(x, 1, slots[:, :, None, None].expand(B, G, *x.shape[2:]))
@@ -216,7 +216,7 @@ class PatchedLongformerSelfAttention(torch.nn.Module):
         q, k, v = (heads(layer(hidden_states)) for layer in (self.query, self.key, self.value))
 
         def global_qkv(slots):  # as Hugging Face: queries of the global tokens only, after the window
-            q_global = self.query_global(gather(hidden_states[:, :, None], slots))  # B x G x 1 x E
+            q_global = self.query_global(_gather(hidden_states[:, :, None], slots))  # B x G x 1 x E
             return (q_global.view(B, -1, self.num_heads, self.head_dim),
                     heads(self.key_global(hidden_states)), heads(self.value_global(hidden_states)))
 

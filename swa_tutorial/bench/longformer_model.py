@@ -6,12 +6,16 @@
 Both models are built from the same ``LongformerConfig`` (the shape of longformer-base-4096:
 hidden 768, 12 heads, intermediate 3072, ``attention_window`` 512, random weights, no download;
 ``--layers`` of them) and run the same input: one sequence of L tokens, the first one global (a
-classifier's [CLS]). Each measurement runs in a fresh process, so that its peak memory is its own:
-the process builds its model, runs one forward (its output saved for the correctness check), one
-more under a peak-memory probe (the increment of the peak resident memory), then times forwards
-with ``torch.utils.benchmark`` at the given thread count. The rounds alternate the two models, so
-that a change of machine load reaches both. The patched model's output must match the original's
-(checked before the results are written). The JSON holds every repetition and the provenance.
+classifier's [CLS]), in eval mode without gradients.
+
+* Time: one process holds both models, checks that their outputs agree, then times their
+  forwards in alternation (``torch.utils.benchmark`` at the given thread count), so that a
+  change of machine load reaches both alike: each pair of neighbouring runs gives one ratio.
+* Memory: each model in fresh processes (``--rounds`` each, alternating), so that a peak is
+  its own: build, one forward, then one more under a peak-memory probe (the increment of the
+  process's peak resident memory).
+
+The JSON holds every repetition, the ratios and the provenance.
 """
 
 from __future__ import annotations
@@ -23,13 +27,12 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
+import torch.utils.benchmark as benchmark
 
-from .measure import PeakMemory, summarize, time_call
+from .measure import PeakMemory, summarize
 from .sweep import provenance, write
 
 MODELS = ("original", "patched")
@@ -62,58 +65,71 @@ def inputs(spec: dict) -> dict:
     return dict(input_ids=ids, global_attention_mask=global_mask)
 
 
-def worker(model: str, spec: dict, save: str) -> dict:
-    """In a fresh process: build, run once (output saved to ``save``), measure memory, time."""
+def forward(net, kwargs) -> torch.Tensor:
+    """The model's last hidden state [B, L, E], without gradients."""
+    with torch.no_grad():
+        return net(**kwargs).last_hidden_state
+
+
+def timing(spec: dict) -> dict:
+    """Both models in this process: outputs compared, then forwards timed in alternation."""
     torch.set_num_threads(spec["threads"])
-    net, kwargs = build(model, spec), inputs(spec)
-
-    def forward():
-        with torch.no_grad():
-            return net(**kwargs).last_hidden_state
-
-    start = time.perf_counter()
-    torch.save(forward(), save)
-    first_s = time.perf_counter() - start
-    with PeakMemory("cpu") as peak:
-        forward()
-    times = time_call(forward, "cpu", spec["threads"], min_time=0.0, min_reps=spec["reps"], first_s=first_s)
-    return {"model": model, "first_call_s": first_s, "peak_bytes": peak.bytes, "times_s": times}
-
-
-def run(spec: dict) -> dict:
-    """Every round: each model in its own process (the order alternating); then the check."""
-    package_root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
-    runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(spec["rounds"]):
-            for model in MODELS if r % 2 == 0 else MODELS[::-1]:
-                save = str(Path(tmp) / f"{model}.pt")
-                proc = subprocess.run(
-                    [sys.executable, "-m", "swa_tutorial.bench.longformer_model", "--worker", model,
-                     "--save", save, "--spec", json.dumps(spec)],
-                    env=env, capture_output=True, text=True,
-                )
-                if proc.returncode:
-                    raise RuntimeError(f"the {model} model's process failed:\n{proc.stderr[-2000:]}")
-                runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-                print(f"round {r + 1}/{spec['rounds']} {model}: " + ", ".join(f"{t:.2f} s" for t in runs[-1]["times_s"]),
-                      file=sys.stderr, flush=True)
-        expected, actual = (torch.load(Path(tmp) / f"{m}.pt") for m in MODELS)
+    models, kwargs = {name: build(name, spec) for name in MODELS}, inputs(spec)
+    expected, actual = (forward(models[name], kwargs) for name in MODELS)  # also the warm-up
     difference = (actual - expected).abs().max().item()
     if not difference <= 1e-4 * max(1.0, expected.abs().max().item()):
         raise AssertionError(f"the patched model's output differs from the original's by {difference}")
-    results = {}
-    for model in MODELS:
-        mine = [run_ for run_ in runs if run_["model"] == model]
-        results[model] = {
-            **summarize([t for run_ in mine for t in run_["times_s"]]),
-            "peak_bytes": statistics.median(run_["peak_bytes"] for run_ in mine),
-            "peak_bytes_per_process": [run_["peak_bytes"] for run_ in mine],
-            "first_call_s": [run_["first_call_s"] for run_ in mine],
-        }
-    ratio = results["patched"]["median_s"] / results["original"]["median_s"]
-    return {"ratio_patched_to_original": ratio, "max_abs_difference": difference, "results": results}
+    timers = {
+        name: benchmark.Timer("f(net, kwargs)", globals={"f": forward, "net": net, "kwargs": kwargs},
+                              num_threads=spec["threads"])
+        for name, net in models.items()
+    }
+    times = {name: [] for name in MODELS}
+    for r in range(spec["reps"]):
+        for name in MODELS if r % 2 == 0 else MODELS[::-1]:
+            times[name].append(timers[name].timeit(1).times[0])
+            print(f"run {r + 1}/{spec['reps']} {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
+    ratios = [p / o for o, p in zip(times["original"], times["patched"])]
+    return {"max_abs_difference": difference, "times_s": times, "ratios": ratios}
+
+
+def peak_memory(model: str, spec: dict) -> int:
+    """In a fresh process: build, one forward, then the peak memory of one more (bytes)."""
+    torch.set_num_threads(spec["threads"])
+    net, kwargs = build(model, spec), inputs(spec)
+    forward(net, kwargs)
+    with PeakMemory("cpu") as peak:
+        forward(net, kwargs)
+    return peak.bytes
+
+
+def run(spec: dict) -> dict:
+    """The timing run, then each model's peak memory in ``rounds`` fresh processes."""
+    result = timing(spec)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")])}
+    peaks = {name: [] for name in MODELS}
+    for r in range(spec["rounds"]):
+        for name in MODELS if r % 2 == 0 else MODELS[::-1]:
+            proc = subprocess.run(
+                [sys.executable, "-m", "swa_tutorial.bench.longformer_model", "--memory-of", name,
+                 "--spec", json.dumps(spec)],
+                env=env, capture_output=True, text=True,
+            )
+            if proc.returncode:
+                raise RuntimeError(f"the {name} model's memory process failed:\n{proc.stderr[-2000:]}")
+            peaks[name].append(int(proc.stdout.strip().splitlines()[-1]))
+    results = {
+        name: {**summarize(result["times_s"][name]), "peak_bytes": statistics.median(peaks[name]),
+               "peak_bytes_per_process": peaks[name]}
+        for name in MODELS
+    }
+    ratio = summarize(result["ratios"])
+    return {
+        "ratio_patched_to_original": {"median": ratio["median_s"], "iqr": ratio["iqr_s"], "per_pair": result["ratios"]},
+        "max_abs_difference": result["max_abs_difference"],
+        "results": results,
+    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -127,19 +143,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--globals", type=int, default=1, help="how many tokens, from the first, are global")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per model")
-    parser.add_argument("--reps", type=int, default=3, help="timed forwards per process (at least)")
+    parser.add_argument("--reps", type=int, default=8, help="timed forwards of each model")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per model for the peak memory")
     parser.add_argument("--out", help="write the results as JSON here (e.g. book/data/cpu-longformer-model.json)")
-    parser.add_argument("--worker", choices=MODELS, help=argparse.SUPPRESS)
-    parser.add_argument("--save", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(args.worker, json.loads(args.spec), args.save)), flush=True)
+    if args.memory_of:
+        print(peak_memory(args.memory_of, json.loads(args.spec)), flush=True)
         return
     spec = {name: getattr(args, name) for name in
             ("seq_len", "layers", "hidden", "heads", "window", "globals", "batch", "threads", "rounds", "reps")}
@@ -152,7 +167,8 @@ def main(argv=None) -> None:
         r = doc["results"][model]
         print(f"{model:>9}: median {r['median_s']:.3f} s (IQR {r['iqr_s']:.3f} s, {len(r['times_s'])} runs), "
               f"peak memory {r['peak_bytes'] / 2**20:.0f} MiB")
-    print(f"patched / original time: {doc['ratio_patched_to_original']:.3f}; "
+    ratio = doc["ratio_patched_to_original"]
+    print(f"patched / original time, pair by pair: median {ratio['median']:.3f} (IQR {ratio['iqr']:.3f}); "
           f"max |difference| {doc['max_abs_difference']:.2e}")
     if args.out:
         write(doc, args.out)

@@ -11,6 +11,8 @@ classifier's [CLS]), in eval mode without gradients.
 * Time: one process holds both models, checks that their outputs agree, then times their
   forwards in alternation (``torch.utils.benchmark`` at the given thread count), so that a
   change of machine load reaches both alike: each pair of neighbouring runs gives one ratio.
+  The process's CPU time of each forward is kept too: on a machine shared with other work it
+  varies less than the wall-clock time (a busy core delays, it does not add CPU time).
 * Memory: each model in fresh processes (``--rounds`` each, alternating), so that a peak is
   its own: build, one forward, then one more under a peak-memory probe (the increment of the
   process's peak resident memory).
@@ -27,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -84,13 +87,15 @@ def timing(spec: dict) -> dict:
                               num_threads=spec["threads"])
         for name, net in models.items()
     }
-    times = {name: [] for name in MODELS}
+    times, cpu_times = {name: [] for name in MODELS}, {name: [] for name in MODELS}
     for r in range(spec["reps"]):
         for name in MODELS if r % 2 == 0 else MODELS[::-1]:
+            cpu = time.process_time()
             times[name].append(timers[name].timeit(1).times[0])
-            print(f"run {r + 1}/{spec['reps']} {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
-    ratios = [p / o for o, p in zip(times["original"], times["patched"])]
-    return {"max_abs_difference": difference, "times_s": times, "ratios": ratios}
+            cpu_times[name].append(time.process_time() - cpu)
+            print(f"run {r + 1}/{spec['reps']} {name}: {times[name][-1]:.2f} s, CPU {cpu_times[name][-1]:.2f} s",
+                  file=sys.stderr, flush=True)
+    return {"max_abs_difference": difference, "times_s": times, "cpu_times_s": cpu_times}
 
 
 def peak_memory(model: str, spec: dict) -> int:
@@ -120,16 +125,23 @@ def run(spec: dict) -> dict:
                 raise RuntimeError(f"the {name} model's memory process failed:\n{proc.stderr[-2000:]}")
             peaks[name].append(int(proc.stdout.strip().splitlines()[-1]))
     results = {
-        name: {**summarize(result["times_s"][name]), "peak_bytes": statistics.median(peaks[name]),
-               "peak_bytes_per_process": peaks[name]}
+        name: {**summarize(result["times_s"][name]), "cpu": summarize(result["cpu_times_s"][name]),
+               "peak_bytes": statistics.median(peaks[name]), "peak_bytes_per_process": peaks[name]}
         for name in MODELS
     }
-    ratio = summarize(result["ratios"])
     return {
-        "ratio_patched_to_original": {"median": ratio["median_s"], "iqr": ratio["iqr_s"], "per_pair": result["ratios"]},
+        "ratio_patched_to_original": pair_ratios(result["times_s"]),
+        "cpu_ratio_patched_to_original": pair_ratios(result["cpu_times_s"]),
         "max_abs_difference": result["max_abs_difference"],
         "results": results,
     }
+
+
+def pair_ratios(times: dict) -> dict:
+    """patched / original for each pair of neighbouring runs: median, IQR, every ratio."""
+    ratios = [p / o for o, p in zip(times["original"], times["patched"])]
+    summary = summarize(ratios)
+    return {"median": summary["median_s"], "iqr": summary["iqr_s"], "per_pair": ratios}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -167,9 +179,11 @@ def main(argv=None) -> None:
         r = doc["results"][model]
         print(f"{model:>9}: median {r['median_s']:.3f} s (IQR {r['iqr_s']:.3f} s, {len(r['times_s'])} runs), "
               f"peak memory {r['peak_bytes'] / 2**20:.0f} MiB")
-    ratio = doc["ratio_patched_to_original"]
-    print(f"patched / original time, pair by pair: median {ratio['median']:.3f} (IQR {ratio['iqr']:.3f}); "
-          f"max |difference| {doc['max_abs_difference']:.2e}")
+    for what in ("", "cpu_"):
+        ratio = doc[f"{what}ratio_patched_to_original"]
+        print(f"patched / original {'CPU ' if what else ''}time, pair by pair: median {ratio['median']:.3f} "
+              f"(IQR {ratio['iqr']:.3f})")
+    print(f"max |difference| of the outputs: {doc['max_abs_difference']:.2e}")
     if args.out:
         write(doc, args.out)
 

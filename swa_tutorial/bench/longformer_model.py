@@ -8,9 +8,11 @@ hidden 768, 12 heads, intermediate 3072, ``attention_window`` 512, random weight
 ``--layers`` of them) and run the same input: one sequence of L tokens, the first one global (a
 classifier's [CLS]), in eval mode without gradients.
 
-* Time: one process holds both models, checks that their outputs agree, then times their
-  forwards in alternation (``torch.utils.benchmark`` at the given thread count), so that a
-  change of machine load reaches both alike: each pair of neighbouring runs gives one ratio.
+* Time: one process holds both models, checks that their outputs agree (which also warms them
+  up), then times single forwards in alternation at the given thread count
+  (``time.perf_counter``; ``torch.utils.benchmark``'s ``timeit`` would add two untimed warm-up
+  calls to each), so that a change of machine load reaches both alike: each pair of
+  neighbouring runs gives one ratio.
   The process's CPU time of each forward is kept too: on a machine shared with other work it
   varies less than the wall-clock time (a busy core delays, it does not add CPU time).
 * Memory: each model in fresh processes (``--rounds`` each, alternating), so that a peak is
@@ -33,7 +35,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.utils.benchmark as benchmark
 
 from .measure import PeakMemory, summarize
 from .sweep import provenance, write
@@ -82,16 +83,12 @@ def timing(spec: dict) -> dict:
     difference = (actual - expected).abs().max().item()
     if not difference <= 1e-4 * max(1.0, expected.abs().max().item()):
         raise AssertionError(f"the patched model's output differs from the original's by {difference}")
-    timers = {
-        name: benchmark.Timer("f(net, kwargs)", globals={"f": forward, "net": net, "kwargs": kwargs},
-                              num_threads=spec["threads"])
-        for name, net in models.items()
-    }
     times, cpu_times = {name: [] for name in MODELS}, {name: [] for name in MODELS}
     for r in range(spec["reps"]):
         for name in MODELS if r % 2 == 0 else MODELS[::-1]:
-            cpu = time.process_time()
-            times[name].append(timers[name].timeit(1).times[0])
+            wall, cpu = time.perf_counter(), time.process_time()
+            forward(models[name], kwargs)
+            times[name].append(time.perf_counter() - wall)
             cpu_times[name].append(time.process_time() - cpu)
             print(f"run {r + 1}/{spec['reps']} {name}: {times[name][-1]:.2f} s, CPU {cpu_times[name][-1]:.2f} s",
                   file=sys.stderr, flush=True)

@@ -103,7 +103,7 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
         batch, position = is_global.nonzero(as_tuple=True)
         out = out.index_put((batch, position), rows[used])  # the global rows replaced
     if padding is not None:
-        out = out.masked_fill(padding[:, :, None, None], 0.0)
+        out = torch.where(padding[:, :, None, None], 0.0, out)
     return _Output.apply(out, q.dtype)
 
 

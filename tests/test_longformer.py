@@ -11,7 +11,6 @@ eval mode and every parameter's gradient in train mode equal the original's.
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -144,6 +143,17 @@ def test_a_global_key_in_the_window_counts_once():
     assert_close64(out[0, 2, 0], over(2, [0, 1, 2, 3, 4, 5]))  # the global row: every key
     nobody = torch.zeros_like(global_mask)
     assert_close64(longformer_attention(q, k, v, 1, global_mask=nobody), sliding_window_attention(q, k, v, 1))
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 2, 3), (2, 0, 2, 3), (2, 5, 0, 3), (2, 5, 2, 0)])
+def test_empty_sizes(shape):
+    """B, L, H or d = 0, with global tokens where there are tokens: the definition's result."""
+    q, k, v = (torch.randn(shape, dtype=torch.float64) for _ in range(3))
+    global_mask = torch.ones(shape[:2], dtype=torch.bool)
+    out = longformer_attention(q, k, v, 1, global_mask=global_mask)
+    assert out.shape == v.shape
+    if shape[2] > 0:  # (the reference's per-head masks need a head)
+        assert_close64(out, dense_longformer_attention(q, k, v, 1, global_mask=global_mask))
 
 
 def sdpa_longformer(q, k, v, q_g, k_g, v_g, window, global_mask, key_padding_mask):

@@ -28,6 +28,8 @@ import functools
 
 import torch
 
+from ..softmax import accumulation_dtype
+
 NAME = "triton"
 
 
@@ -118,8 +120,7 @@ class _Problem:
         self.mask = key_padding_mask
         self.blocks = launch_config(q.dtype, d, v.shape[-1], jit.INTERPRETED)
         block_m, block_n = self.blocks[:2]
-        # float32 for the 16-bit dtypes and float32, float64 for float64: the dtype of the scale too
-        self.acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        self.acc_dtype = accumulation_dtype(q.dtype)  # of the scores, the softmax, out, lse and the scale
         self.scale = torch.full((1,), scale, dtype=self.acc_dtype, device=q.device)
         self.query_spans = span_table(L, self.left, self.right, block_m, block_n, q.device)  # per query tile
         self.key_spans = span_table(L, self.right, self.left, block_n, block_m, q.device)  # per key tile

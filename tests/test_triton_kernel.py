@@ -263,3 +263,16 @@ def test_cpu_tensors_need_the_interpreter():
         triton_kernel._check_device(q, interpreted=False)
     with pytest.raises(ValueError, match="backend 'triton' runs CUDA tensors"):
         triton_kernel._check_device(q.to("meta"), interpreted=True)
+
+
+def test_through_the_entry_point_with_dilation_and_padding():
+    """backend="triton" from sliding_window_attention: per-head dilations (residue classes
+    folded into the batch around the kernel) and key padding, against dense attention."""
+    from swa_tutorial import sliding_window_attention
+
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(2, 29, 2, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = torch.rand(2, 29, generator=g) < 0.25
+    kwargs = dict(key_padding_mask=mask, dilation=[1, 3])
+    out = sliding_window_attention(q, k, v, (2, 1), backend="triton", **kwargs)
+    assert_close64(out, dense_attention(q, k, v, (2, 1), **kwargs))

@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from .attention import padded_length  # noqa: E402
+from .backends.chunks import padded_length  # noqa: E402
 from .band import band_mask, band_scores, band_softmax, band_to_dense  # noqa: E402
 from .chunks import chunk, chunk_scores, merge_heads  # noqa: E402
 from .labels import labelled_qkv  # noqa: E402

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .backends import check_backend, load
 from .softmax import accumulation_dtype
 from .validation import check_key_padding_mask, check_qkv, check_scale
-from .windows import check_dilation, check_window, clip_window
+from .windows import check_dilation, check_window, clip_dilation, clip_window
 
 
 def sliding_window_attention(
@@ -117,6 +117,7 @@ def _dilated(backend, q, k, v, window, key_padding_mask, scale, d):
     B, L = q.shape[:2]
     if d == 1:
         return backend(q, k, v, clip_window(window, L - 1), key_padding_mask, scale)
+    d = clip_dilation(d, L)  # d > L would add d - L classes of padding only
     places = -(-L // d)  # tokens per class, padding included
     extra = places * d - L
 

@@ -14,7 +14,7 @@ each d tokens apart. The forms a caller may write:
 * ``dilation``: an int d >= 1 for every head, or a sequence of H ints, one per head (the
   Longformer paper gives its heads different dilations).
 
-This module only describes windows; :mod:`swa_tutorial.reference` attends through them.
+This module only describes windows; ``swa_tutorial.reference`` attends through them.
 """
 
 from __future__ import annotations

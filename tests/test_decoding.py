@@ -1,9 +1,10 @@
 """The rolling key/value cache against attention with the causal window (left, 0).
 
 Token by token, prefill then steps, the cache must give what the entry point
-``sliding_window_attention(q, k, v, (left, 0))`` gives over the whole sequence on every backend,
-and float64 dense attention too (the prompt's padding mask included), for prompts of 0 to several
-windows and generations past several windows, while its storage stays where it was allocated.
+``sliding_window_attention(q, k, v, (left, 0))`` (the chunks and dense backends) and float64 dense
+attention give over the whole sequence (the prompt's padding mask included), for prompts of 0 to
+several windows and generations past several windows, while its storage stays where it was
+allocated.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def test_the_cache_is_the_entry_point_token_by_token(case):
     cache = RollingKVCache(left, batch=B, heads=H, head_dim=d, value_dim=dv, dtype=torch.float64, scale=case["scale"])
     before = storage(cache)
     out = generate(cache, q, k, v, T, padding[:, :T] if case["padded"] else None)
-    for backend in BACKENDS:
+    for backend in sorted(set(BACKENDS) - {"triton"}):  # (triton, interpreted here, is slow)
         assert_close64(out, sliding_window_attention(q, k, v, (left, 0), backend=backend, **kwargs), tol=1e-12)
     assert_close64(out, dense_attention(q, k, v, (left, 0), **kwargs), tol=1e-12)
     assert storage(cache) == before  # written in place, never reallocated

@@ -67,10 +67,10 @@ def sliding_window_attention(
 
 
 def attend(q, k, v, window, *, key_padding_mask=None, scale=None, dilation=1, backend="auto"):
-    """:func:`~swa_tutorial.sliding_window_attention` before the final rounding: (out, lse), both in the
-    accumulation dtype (float32 for half inputs, float64 for float64), out [B, L, H, d_v] and
-    lse [B, L, H]. For code that combines several attentions (global tokens, shards) and rounds
-    once at the end."""
+    """:func:`~swa_tutorial.sliding_window_attention` before the final rounding: (out, lse),
+    both in the accumulation dtype (float32 for half inputs, float64 for float64), out
+    [B, L, H, d_v] and lse [B, L, H]. For code that combines several attentions (global tokens,
+    shards) and rounds once at the end."""
     check_qkv(q, k, v)
     window = check_window(window)
     B, L, H, d = q.shape

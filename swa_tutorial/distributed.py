@@ -328,8 +328,10 @@ def check_shards(q, k, v, window, *, key_padding_mask=None, scale=None, dilation
 # Step 3: the exchange, and its backward.
 
 
-def _post(plan, me: int, group, outgoing, incoming, reverse: bool = False) -> int:
-    """One batch of point-to-point messages over ``plan``'s transfers; returns the bytes sent.
+def post_transfers(plan, me: int, group, outgoing, incoming, reverse: bool = False) -> int:
+    """One batch of point-to-point messages over ``plan``'s transfers (:func:`halo_plan`), the
+    mechanism of :func:`exchange_halo`; returns the bytes this rank (``me``, its rank in
+    ``group``) sent.
 
     ``outgoing(t)`` gives the tensors this rank sends for transfer t, ``incoming(t)`` the buffers
     it receives t into; with ``reverse`` every transfer runs from dst back to src (the backward).
@@ -376,7 +378,7 @@ class _HaloExchange(torch.autograd.Function):
             pieces[t] = [kv] if padding is None else [kv, padding.new_empty(kv.shape[:2], dtype=torch.uint8)]
             return pieces[t]
 
-        _add(stats, "forward_bytes", _post(plan, me, group, send, receive))
+        _add(stats, "forward_bytes", post_transfers(plan, me, group, send, receive))
 
         def extended(own, part):  # [left halo | own | right halo] along the sequence
             left = [part(pieces[t]) for t in incoming if t.src < me]
@@ -408,7 +410,7 @@ class _HaloExchange(torch.autograd.Function):
             returned[t] = grad_k.new_empty(shape)
             return [returned[t]]
 
-        _add(ctx.stats, "backward_bytes", _post(ctx.plan, ctx.me, ctx.group, send, receive, reverse=True))
+        _add(ctx.stats, "backward_bytes", post_transfers(ctx.plan, ctx.me, ctx.group, send, receive, reverse=True))
         for t, g in returned.items():  # in plan order: the sums are the same on every run
             i, j = t.start - ctx.start, t.stop - ctx.start
             grad_k[:, i:j] += g[..., :d]
@@ -559,6 +561,33 @@ def run_gloo(fn, world_size: int, *args, timeout: float = 60.0) -> list:
     return [torch.load(io.BytesIO(reports[rank][1]), weights_only=False) for rank in range(world_size)]
 
 
+def attend_shards(q, k, v, window, lengths, *, grad=None, key_padding_mask=None, **kwargs) -> dict:
+    """On every rank of an initialized group: this rank's shard of whole-sequence tensors through
+    :func:`sequence_parallel_attention`, and its backward when ``grad`` is given.
+
+    For trying the exchange out where every rank can hold the whole problem (with
+    :func:`run_gloo`, in a notebook or a test): q, k [B, L, H, d] and v [B, L, H, d_v] are cut into
+    shards of ``lengths`` tokens (one int per rank, in rank order, summing to L), as is
+    ``key_padding_mask`` (bool [B, L]); ``grad`` [B, L, H, d_v] is the gradient of the whole
+    output; other keyword arguments go to :func:`sequence_parallel_attention`. Returns this
+    rank's ``{"out": [B, n_r, H, d_v], "grads": (dq, dk, dv) of its shard or None, "stats": the
+    bytes it sent}``.
+    """
+    rank, world = dist.get_rank(kwargs.get("group")), dist.get_world_size(kwargs.get("group"))
+    starts = shard_starts(_check_lengths(lengths))
+    if len(lengths) != world or starts[-1] != q.shape[1]:
+        raise ValueError(f"lengths must hold one shard length per rank ({world}) summing to L = {q.shape[1]}, "
+                         f"got {list(lengths)}")
+    mine = slice(starts[rank], starts[rank + 1])
+    shard = [x.detach()[:, mine].clone().requires_grad_(grad is not None) for x in (q, k, v)]
+    mask = None if key_padding_mask is None else key_padding_mask[:, mine]
+    stats = {}
+    out = sequence_parallel_attention(*shard, window, key_padding_mask=mask, stats=stats, **kwargs)
+    if grad is not None:
+        out.backward(grad[:, mine])
+    return {"out": out.detach(), "grads": None if grad is None else tuple(x.grad for x in shard), "stats": stats}
+
+
 DEMO = {"window": (4, 2), "dilation": (1, 2), "batch": 2, "heads": 2, "head_dim": 3, "value_dim": 2}
 
 
@@ -586,19 +615,15 @@ def demo(device="cpu", seed: int = 0) -> dict:
     whole = [x.clone().requires_grad_() for x in (q, k, v)]  # one process: the whole sequence
     expected = sliding_window_attention(*whole, window, key_padding_mask=padding, dilation=dilation)
     expected.backward(grad)
-    mine = slice(starts[rank], starts[rank + 1])  # this rank: its shard
-    shard = [x[:, mine].clone().requires_grad_() for x in (q, k, v)]
-    stats = {}
-    out = sequence_parallel_attention(*shard, window, key_padding_mask=padding[:, mine], dilation=dilation,
-                                      stats=stats)
-    out.backward(grad[:, mine])
-    pairs = [(out.detach(), expected.detach()[:, mine])] + [(s.grad, w.grad[:, mine]) for s, w in zip(shard, whole)]
+    got = attend_shards(q, k, v, window, lengths, grad=grad, key_padding_mask=padding, dilation=dilation)
+    mine = slice(starts[rank], starts[rank + 1])
+    pairs = [(got["out"], expected.detach()[:, mine])] + [(g, w.grad[:, mine]) for g, w in zip(got["grads"], whole)]
     sizes = {"heads": heads, "head_dim": d, "value_dim": d_v, "batch": batch, "itemsize": 8}
     return {
         "rank": rank,
         "tokens": (starts[rank], starts[rank + 1]),
         "error": max(float((a - b).abs().max()) for a, b in pairs if a.numel()),
-        **stats,
+        **got["stats"],
         "model_forward_bytes": halo_bytes(lengths, window, dilation=dilation, padding=True, **sizes)[rank],
         "model_backward_bytes": halo_bytes(lengths, window, dilation=dilation, backward=True, **sizes)[rank],
         "sends_to": sorted({t.dst for t in halo_plan(lengths, window, dilation) if t.src == rank}),

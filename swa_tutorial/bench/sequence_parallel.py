@@ -4,13 +4,14 @@ In local gloo worlds (:func:`swa_tutorial.distributed.run_gloo`, one CPU thread 
 each size asked for, with shards of n tokens per rank, it times on every rank:
 
 * ``halo``: :func:`~swa_tutorial.distributed.exchange_halo`, the exchange a
-  :func:`~swa_tutorial.distributed.sequence_parallel_attention` call makes (forward);
+  :func:`~swa_tutorial.distributed.sequence_parallel_attention` call makes (forward), with the
+  copy that lays out [left halo | shard | right halo];
 * ``attention``: the single-device attention each rank then computes, on its shard and halos;
 * ``sequence_parallel``: the whole :func:`~swa_tutorial.distributed.sequence_parallel_attention`
   forward (metadata, exchange, attention), checked against the single-device function on the
   whole sequence before it is timed;
-* what the other ways to shard attention send, moved as they move it, without their attention:
-  ``ring`` (W - 1 steps passing key/value shards around the ring), ``all_gather`` (of the keys
+* the messages alone of each way to shard attention, without their attention: ``halo_messages``
+  (the halo's point-to-point messages, no copy), ``ring`` (W - 1 steps passing key/value shards around the ring), ``all_gather`` (of the keys
   and values) and ``all_to_all`` (DeepSpeed-Ulysses: q, k, v to head shards, the output back).
 
 Each repetition starts after a barrier; its time is the slowest rank's. The bytes each rank
@@ -36,6 +37,8 @@ from ..distributed import (
     all_to_all_bytes,
     exchange_halo,
     halo_bytes,
+    halo_plan,
+    post_transfers,
     ring_bytes,
     run_gloo,
     sequence_parallel_attention,
@@ -48,6 +51,17 @@ SCHEMA = "swa-tutorial-sequence-parallel/1"
 
 def _nbytes(x: torch.Tensor) -> int:
     return x.numel() * x.element_size()
+
+
+def _halo_messages(kv: torch.Tensor, plan, start: int):
+    """The halo's messages alone: each transfer's keys and values, sent as they lie in memory."""
+    def outgoing(t):
+        return [kv[:, t.start - start:t.stop - start]]  # contiguous: B = 1
+
+    def incoming(t):
+        return [kv.new_empty(kv.shape[0], t.stop - t.start, *kv.shape[2:])]
+
+    return post_transfers(plan, dist.get_rank(), dist.group.WORLD, outgoing, incoming)
 
 
 def _ring(kv: torch.Tensor):
@@ -113,12 +127,14 @@ def measure(n: int, window, heads: int, head_dim: int, reps: int, seed: int = 0)
     k_ext, v_ext, _, before = exchange_halo(k, v, lengths, window)
     q_ext = torch.nn.functional.pad(q, (0, 0, 0, 0, before, k_ext.shape[1] - before - n))
     kv, qkv = torch.cat([k, v], dim=-1), torch.cat([q, k, v], dim=-1)
-    sent = {"halo": stats["forward_bytes"], "ring": _ring(kv), "all_gather": _all_gather(kv),
-            "all_to_all": _all_to_all(qkv, head_dim)}
+    plan = halo_plan(lengths, window)
+    sent = {"halo": stats["forward_bytes"], "halo_messages": _halo_messages(kv, plan, rank * n), "ring": _ring(kv),
+            "all_gather": _all_gather(kv), "all_to_all": _all_to_all(qkv, head_dim)}
     runs = {
         "halo": lambda: exchange_halo(k, v, lengths, window),
         "attention": lambda: sliding_window_attention(q_ext, k_ext, v_ext, window),
         "sequence_parallel": lambda: sequence_parallel_attention(q, k, v, window),
+        "halo_messages": lambda: _halo_messages(kv, plan, rank * n),
         "ring": lambda: _ring(kv),
         "all_gather": lambda: _all_gather(kv),
         "all_to_all": lambda: _all_to_all(qkv, head_dim),
@@ -142,9 +158,10 @@ def run(worlds, tokens_per_rank, window, heads: int, head_dim: int, reps: int, c
     sizes = {"heads": heads, "head_dim": head_dim, "itemsize": 4}
     for world in worlds:
         for n in tokens_per_rank:
-            ranks = run_gloo(measure, world, n, tuple(window), heads, head_dim, reps, timeout=1800)
+            ranks = run_gloo(measure, world, n, tuple(window), heads, head_dim, reps, timeout=900)
             lengths = [n] * world
-            model = {"halo": halo_bytes(lengths, tuple(window), **sizes), "ring": ring_bytes(lengths, **sizes),
+            halo = halo_bytes(lengths, tuple(window), **sizes)
+            model = {"halo": halo, "halo_messages": halo, "ring": ring_bytes(lengths, **sizes),
                      "all_gather": all_gather_bytes(lengths, **sizes), "all_to_all": all_to_all_bytes(lengths, **sizes)}
             for method, predicted in model.items():
                 counted = [r["bytes"][method] for r in ranks]

@@ -347,3 +347,15 @@ def test_run_gloo_reports_errors_and_hangs():
     with pytest.raises(TimeoutError, match=r"rank\(s\) \[0\] did not finish within 2 s"):
         run_gloo(_sleep, 1, timeout=2)
     assert time.monotonic() - started < 20
+
+
+def test_benchmark_counts_the_bytes_of_the_model():
+    """The benchmark's messages, for every method, send what the cost model says (it raises if not)."""
+    from swa_tutorial.bench.sequence_parallel import run
+
+    doc = run([2, 4], [8], (3, 2), heads=4, head_dim=2, reps=1, commit="test")
+    assert [(r["world"], r["tokens_per_rank"]) for r in doc["results"]] == [(2, 8), (4, 8)]
+    for result in doc["results"]:
+        assert result["max_abs_error"] < 1e-5
+        assert set(result["times"]) == {"halo", "attention", "sequence_parallel", "halo_messages", "ring",
+                                        "all_gather", "all_to_all"}

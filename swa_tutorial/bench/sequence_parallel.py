@@ -14,7 +14,8 @@ each size asked for, with shards of n tokens per rank, it times on every rank:
   (the halo's point-to-point messages, no copy), ``ring`` (W - 1 steps passing key/value shards around the ring), ``all_gather`` (of the keys
   and values) and ``all_to_all`` (DeepSpeed-Ulysses: q, k, v to head shards, the output back).
 
-Each repetition starts after a barrier; its time is the slowest rank's. The bytes each rank
+Each repetition starts after a barrier; its time is the slowest rank's. The methods take turns,
+repetition by repetition, so that a busy moment of the machine falls on all of them alike. The bytes each rank
 sends are counted from the tensors it hands to torch.distributed and must equal the cost model
 (:func:`~swa_tutorial.distributed.halo_bytes` and the others). The results, with provenance,
 go to one JSON file.
@@ -99,15 +100,19 @@ def _all_to_all(qkv: torch.Tensor, d_v: int):
     return _nbytes(send) - _nbytes(send[mine]) + _nbytes(out) - _nbytes(out[mine])
 
 
-def _timed(fn, reps: int) -> list[float]:
-    """This rank's time of each repetition, each started after a barrier (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        dist.barrier()
-        start = time.perf_counter()
+def _timed(runs: dict, reps: int) -> dict[str, list[float]]:
+    """This rank's time of each repetition of each run, each started after a barrier, after one
+    warm-up each. The runs take turns, repetition by repetition, so that the machine's load
+    (other processes come and go) falls on all of them alike."""
+    for fn in runs.values():
         fn()
-        times.append(time.perf_counter() - start)
+    times = {name: [] for name in runs}
+    for _ in range(reps):
+        for name, fn in runs.items():
+            dist.barrier()
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
     return times
 
 
@@ -140,7 +145,7 @@ def measure(n: int, window, heads: int, head_dim: int, reps: int, seed: int = 0)
         "all_to_all": lambda: _all_to_all(qkv, head_dim),
     }
     with torch.no_grad():
-        times = {name: _timed(fn, reps) for name, fn in runs.items()}
+        times = _timed(runs, reps)
     return {"rank": rank, "error": error, "bytes": sent, "times_s": times}
 
 
@@ -152,7 +157,7 @@ def run(worlds, tokens_per_rank, window, heads: int, head_dim: int, reps: int, c
         "provenance": {**provenance(torch.device("cpu"), 1, commit), "backend": "gloo", "threads_per_process": 1},
         "config": {"worlds": list(worlds), "tokens_per_rank": list(tokens_per_rank), "window": list(window),
                    "B": 1, "H": heads, "d": head_dim, "dtype": "float32", "reps": reps,
-                   "timing": "each repetition after a barrier; its time is the slowest rank's"},
+                   "timing": "each repetition after a barrier, the methods in turn; its time is the slowest rank's"},
         "results": [],
     }
     sizes = {"heads": heads, "head_dim": head_dim, "itemsize": 4}
@@ -192,7 +197,7 @@ def main(argv=None) -> None:
     p.add_argument("--window", nargs=2, type=int, default=[256, 256], metavar=("LEFT", "RIGHT"))
     p.add_argument("-H", type=int, default=8, help="heads (a multiple of every world size)")
     p.add_argument("-d", type=int, default=64, help="head dim")
-    p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--reps", type=int, default=10)
     p.add_argument("--commit", default=None, help="git commit to record (default: git rev-parse HEAD)")
     p.add_argument("--out", "-o", default=None, help="JSON file for the results")
     args = p.parse_args(argv)

@@ -26,12 +26,12 @@ attention passes every key past every rank; a window needs only its neighbours' 
    (and a dilation's residue classes) depends only on j - i, so local positions are as good as
    global ones.
 5. **backward**: the gradients of the halo keys and values go back the way they came, each
-   to the rank that owns those tokens, which adds them to its own (:class:`_HaloExchange`).
+   to the rank that owns those tokens, which adds them to its own (an autograd function).
 
 The cost of the design: a rank computes ``before + after`` halo query rows it throws away, the
 fraction (before + after) / n_r of its work, negligible when shards are much longer than the
-window; any method built on square windowed attention pays about as much for the boundary
-queries (see the chapter). The cost model (:func:`halo_bytes`, :func:`ring_bytes`,
+window's reach. A kernel that takes a rectangular block of queries against a longer block of
+keys would skip them; the package's backends take square problems. The cost model (:func:`halo_bytes`, :func:`ring_bytes`,
 :func:`all_gather_bytes`, :func:`all_to_all_bytes`) counts the bytes each rank sends in the
 four ways to shard attention over a sequence.
 
@@ -478,6 +478,9 @@ def sequence_parallel_attention(q, k, v, window, *, key_padding_mask=None, scale
         and v; when k or v requires grad, every rank must run the backward through its output
         (the halo gradients travel between ranks then), as with any collective.
 
+    As with any collective, every rank of the group makes the same calls in the same order
+    (forward, and backward: a stack of layers does), each its own shard.
+
     Bad input on any rank raises on every rank before any data moves (see :func:`check_shards`).
     """
     if not dist.is_available() or not dist.is_initialized():
@@ -503,7 +506,7 @@ def sequence_parallel_attention(q, k, v, window, *, key_padding_mask=None, scale
 # Running it: local gloo processes, and the self-checking demo (python -m swa_tutorial.distributed).
 
 
-def _worker(fn, rank, world_size, store, timeout, results, args) -> None:
+def _worker(fn, rank, world_size, store, timeout, results, args, kwargs) -> None:
     """One process of :func:`run_gloo`: join the group, run ``fn``, report through ``results``."""
     torch.set_num_threads(1)  # the processes share the machine's cores
     try:
@@ -511,7 +514,7 @@ def _worker(fn, rank, world_size, store, timeout, results, args) -> None:
                                 timeout=datetime.timedelta(seconds=timeout))
         dist.barrier()  # every rank connected before any may finish and leave
         try:
-            value = fn(*args)
+            value = fn(*args, **kwargs)
         finally:
             dist.destroy_process_group()
         buffer = io.BytesIO()
@@ -521,8 +524,8 @@ def _worker(fn, rank, world_size, store, timeout, results, args) -> None:
         results.put((rank, False, traceback.format_exc()))
 
 
-def run_gloo(fn, world_size: int, *args, timeout: float = 60.0) -> list:
-    """Run ``fn(*args)`` in ``world_size`` local processes joined in a gloo process group (CPU);
+def run_gloo(fn, world_size: int, *args, timeout: float = 60.0, **kwargs) -> list:
+    """Run ``fn(*args, **kwargs)`` in ``world_size`` local processes joined in a gloo process group (CPU);
     return what each returned, in rank order.
 
     A quick way to try :func:`sequence_parallel_attention` without torchrun, in a script or a
@@ -537,7 +540,7 @@ def run_gloo(fn, world_size: int, *args, timeout: float = 60.0) -> list:
     results = context.Queue()
     with tempfile.TemporaryDirectory() as folder:
         store = os.path.join(folder, "store")
-        processes = [context.Process(target=_worker, args=(fn, rank, world_size, store, timeout, results, args),
+        processes = [context.Process(target=_worker, args=(fn, rank, world_size, store, timeout, results, args, kwargs),
                                      daemon=True) for rank in range(world_size)]
         for process in processes:
             process.start()
@@ -598,7 +601,7 @@ def demo_lengths(world_size: int) -> list[int]:
 
 def demo(device="cpu", seed: int = 0) -> dict:
     """One rank's part of the self-check, inside an initialized process group: a seeded float64
-    problem (the same on every rank) with :data:`DEMO`'s sizes, window and per-head dilations,
+    problem (the same on every rank) with ``DEMO``'s sizes, window and per-head dilations,
     shards of :func:`demo_lengths` and some padding keys; this rank's shard through
     :func:`sequence_parallel_attention`, forward and backward, against the single-device
     :func:`~swa_tutorial.sliding_window_attention` on the whole sequence. Returns this rank's

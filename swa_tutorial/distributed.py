@@ -525,8 +525,8 @@ def _worker(fn, rank, world_size, store, timeout, results, args, kwargs) -> None
 
 
 def run_gloo(fn, world_size: int, *args, timeout: float = 60.0, **kwargs) -> list:
-    """Run ``fn(*args, **kwargs)`` in ``world_size`` local processes joined in a gloo process group (CPU);
-    return what each returned, in rank order.
+    """Run ``fn(*args, **kwargs)`` in ``world_size`` local processes joined in a gloo process
+    group (CPU); return what each returned, in rank order.
 
     A quick way to try :func:`sequence_parallel_attention` without torchrun, in a script or a
     notebook. Processes are forked on Linux (quick: nothing to import again) and spawned
@@ -540,8 +540,9 @@ def run_gloo(fn, world_size: int, *args, timeout: float = 60.0, **kwargs) -> lis
     results = context.Queue()
     with tempfile.TemporaryDirectory() as folder:
         store = os.path.join(folder, "store")
-        processes = [context.Process(target=_worker, args=(fn, rank, world_size, store, timeout, results, args, kwargs),
-                                     daemon=True) for rank in range(world_size)]
+        processes = [context.Process(target=_worker, daemon=True,
+                                     args=(fn, rank, world_size, store, timeout, results, args, kwargs))
+                     for rank in range(world_size)]
         for process in processes:
             process.start()
         reports, deadline = {}, time.monotonic() + timeout
@@ -553,8 +554,8 @@ def run_gloo(fn, world_size: int, *args, timeout: float = 60.0, **kwargs) -> lis
             missing = sorted(set(range(world_size)) - set(reports))
             raise TimeoutError(f"run_gloo: rank(s) {missing} did not finish within {timeout} s") from None
         finally:
-            for process in processes:
-                process.join(timeout=10)
+            for process in processes:  # all reported: they are leaving; a hang: end it now
+                process.join(timeout=10 if len(reports) == world_size else 0)
                 if process.is_alive():
                     process.kill()
                     process.join()

@@ -636,7 +636,7 @@ def demo(device="cpu", seed: int = 0) -> dict:
 
 def report(reports: list[dict]) -> str:
     """The demo's reports (one per rank) as a table."""
-    lines = [f"{'rank':>4} {'tokens':>9} {'sends to':>10} {'bytes fwd':>10} {'bytes bwd':>10} {'= model':>8} "
+    lines = [f"{'rank':>4} {'positions':>9} {'sends to':>10} {'bytes fwd':>10} {'bytes bwd':>10} {'= model':>8} "
              f"{'max |diff|':>10}"]
     for r in reports:
         matches = r["forward_bytes"] == r["model_forward_bytes"] and r["backward_bytes"] == r["model_backward_bytes"]

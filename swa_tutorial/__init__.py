@@ -1,26 +1,34 @@
 """swa_tutorial: Longformer's sliding-window attention, step by step, tested against dense attention.
 
 Tensors are laid out as [B, L, H, d] (batch, sequence, heads, head dim); ``window`` is the
-one-sided w (query i sees keys i - w .. i + w).
+one-sided w (query i sees keys i - w .. i + w) or a pair (left, right) (keys i - left ..
+i + right), see :mod:`swa_tutorial.windows`.
 
 The public entry point is :func:`sliding_window_attention`. The steps it composes are public too,
 in the order the book derives them: :func:`num_chunks`, :func:`merge_heads`, :func:`chunk`,
 :func:`chunk_scores`, :func:`skew`, :func:`band_scores`, :func:`band_mask`,
 :func:`band_softmax`, :func:`unskew`, :func:`value_chunks`, :func:`band_times_values`.
 The references :func:`dense_attention` and :func:`loop_attention` are the specification.
+
+For generation, :class:`RollingKVCache` keeps the newest keys and values of a causal window;
+:mod:`swa_tutorial.conventions` turns other libraries' window settings into ``(left, right)``.
 """
 
-from .attention import padded_length, sliding_window_attention
+from . import conventions
+from .attention import sliding_window_attention
+from .backends.chunks import padded_length
 from .band import band_mask, band_scores, band_softmax, band_to_dense, dense_to_band
 from .chunks import chunk, chunk_scores, merge_heads, num_chunks, split_heads
+from .decoding import RollingKVCache
 from .labels import labelled_qkv
 from .reference import dense_attention, dense_band_mask, loop_attention
 from .skew import skew, unskew
 from .values import band_times_values, value_chunks
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
+    "RollingKVCache",
     "band_mask",
     "band_scores",
     "band_softmax",

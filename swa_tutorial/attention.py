@@ -1,75 +1,156 @@
-"""The public entry point: sliding-window attention for real inputs, composed from the steps."""
+"""The public entry point: sliding-window attention for real inputs, on any backend.
+
+:func:`sliding_window_attention` validates once, then handles what no backend needs to know:
+empty sizes, dilation (d ordinary windows over the residue classes of the tokens, one group of
+heads per dilation), the output's dtype and layout. The backends (:mod:`swa_tutorial.backends`)
+each compute one ordinary (left, right) window.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .band import band_mask, band_scores, band_softmax
-from .chunks import chunk, chunk_scores, merge_heads, split_heads
-from .validation import check_chunk_window as check_window, check_key_padding_mask, check_qkv, check_scale
-from .values import band_times_values
+from .backends import check_backend, load
+from .softmax import accumulation_dtype
+from .validation import check_key_padding_mask, check_qkv, check_scale
+from .windows import check_dilation, check_window, clip_window
 
 
-def padded_length(seq_len: int, window: int) -> int:
-    """The length the chunked algorithm runs at: L rounded up to a multiple of w, at least 2w.
-
-    The chunk view needs no more than that (Longformer's own code pads to a multiple of 2w).
-    """
-    return max(2 * window, -(-seq_len // window) * window)
-
-
-def sliding_window_attention(q, k, v, window, *, key_padding_mask=None, scale=None) -> torch.Tensor:
-    """Longformer's sliding-window attention: each query attends to the keys within ``window``.
-
-    Query i attends to keys i - w .. i + w (w = ``window``, the one-sided window; the band is
-    2w + 1 wide), in O(L w) time and memory, through Longformer's overlapping chunks.
+def sliding_window_attention(
+    q, k, v, window, *, key_padding_mask=None, scale=None, dilation=1, backend="auto", return_lse=False
+):
+    """Sliding-window attention: each query attends to the keys of its window, in O(L w).
 
     Args:
-        q: queries [B, L, H, d], float64, float32, float16 or bfloat16, any L >= 1.
+        q: queries [B, L, H, d] (batch, sequence, heads, head dim), float64, float32, float16 or
+            bfloat16, on any device, any strides.
         k: keys [B, L, H, d], the dtype and device of q.
-        v: values [B, L, H, d_v], the dtype and device of q.
-        window: the one-sided window w, an int >= 1. A window of L - 1 or more is ordinary dense
-            attention (it is clipped to L - 1 inside).
-        key_padding_mask: optional bool [B, L]; True marks a padding key that no query may attend
-            to (as in ``torch.nn.MultiheadAttention``). A query whose whole window is padding gets
-            a zero output.
-        scale: the factor on q . k before the softmax; default 1 / sqrt(d).
+        v: values [B, L, H, d_v], the dtype and device of q (d_v may differ from d).
+        window: which keys query i attends, both ends inclusive:
+
+            * an int w >= 1: keys i - w .. i + w (Longformer's symmetric window, 2w + 1 keys);
+            * a pair (left, right) of ints >= 0: keys i - left .. i + right (FlashAttention's
+              ``window_size``). (w, 0) is a causal window of w + 1 keys, (0, 0) the token alone;
+              None for a side means no limit ((None, 0) is causal attention).
+
+            :mod:`swa_tutorial.conventions` converts other libraries' settings.
+        key_padding_mask: optional bool [B, L]; True marks a padding key that no query attends
+            (as in ``torch.nn.MultiheadAttention``).
+        scale: the factor on q . k before the softmax, a finite real; default 1 / sqrt(d).
+        dilation: an int d >= 1, or one int per head: query i attends key j when j - i is a
+            multiple of d and -left d <= j - i <= right d (the Longformer paper's dilated window).
+        backend: "auto" (the default), "chunks" (the book's algorithm) or "dense"
+            (:mod:`swa_tutorial.backends`). Every backend computes the same attention.
+        return_lse: also return each query's log-sum-exp of its scores, float32 (float64 for
+            float64 inputs) [B, L, H].
 
     Returns:
-        [B, L, H, d_v], the dtype and device of q. Differentiable in q, k and v. The softmax runs
-        in float32 for float16/bfloat16 inputs.
+        [B, L, H, d_v], contiguous, the dtype and device of q (and lse, with ``return_lse``).
+        A query with no key to attend (its window all padding) gets a zero output (lse -inf).
+        Differentiable in q, k and v. Empty sizes (B, L, H, d or d_v = 0) work as in
+        ``scaled_dot_product_attention``: with d = 0 every score is 0, so each query averages
+        its window's values.
 
-    Inside: L is padded at the end to a multiple of w (at least 2w) and the padded keys masked;
-    heads are merged into the batch, the chunk scores [B*H, C, 2w, 2w] computed and read into the
-    band [B*H, L, 2w + 1], the invalid cells masked, the softmax taken, and P x V computed through
-    the 3w value chunks.
+    Precision: for float16 and bfloat16 inputs the scores are accumulated and kept in float32
+    (the scale applied in float32), the softmax and the P x V sums run in float32, and only the
+    output is rounded to the input dtype. Masked keys never get weight. A NaN or infinity in
+    q or k makes NaN exactly the rows that score it inside their window; one in v reaches at
+    least the rows whose window holds it (blocked algorithms multiply zero weights by nearby
+    values too, and 0 x NaN is NaN). Non-finite inputs are never hidden.
     """
+    out, lse = attend(
+        q, k, v, window, key_padding_mask=key_padding_mask, scale=scale, dilation=dilation, backend=backend
+    )
+    out = _Output.apply(out, q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def attend(q, k, v, window, *, key_padding_mask=None, scale=None, dilation=1, backend="auto"):
+    """:func:`sliding_window_attention` before the final rounding: (out, lse), both in the
+    accumulation dtype (float32 for half inputs, float64 for float64), out [B, L, H, d_v] and
+    lse [B, L, H]. For code that combines several attentions (global tokens, shards) and rounds
+    once at the end."""
     check_qkv(q, k, v)
     window = check_window(window)
     B, L, H, d = q.shape
     check_key_padding_mask(key_padding_mask, B, L, q.device)
     scale = check_scale(scale, d)
+    dilations = check_dilation(dilation, H)
+    backend = load(check_backend(backend), q.device)
+    acc = accumulation_dtype(q.dtype)
+    if B * L * H == 0:  # nothing to attend: empty results, connected to every input (zero gradients)
+        connected = (q.sum() + k.sum() + v.sum()).to(acc) * 0  # a 0 that depends on q, k and v
+        return v.to(acc) * 0 + connected, q.new_empty(B, L, H, dtype=acc) + connected
+    if d == 0:  # every score is 0: a zero column changes no score and keeps the backends' shapes
+        q, k = F.pad(q, (0, 1)), F.pad(k, (0, 1))
+    if v.shape[-1] == 0:  # likewise a zero value column, dropped after
+        out, lse = _by_dilation(backend, q, k, F.pad(v, (0, 1)), window, key_padding_mask, scale, dilations)
+        return out[..., :0], lse
+    return _by_dilation(backend, q, k, v, window, key_padding_mask, scale, dilations)
 
-    w = min(window, max(L - 1, 1))  # a wider window sees no more keys
-    Lp = padded_length(L, w)
 
-    def prepare(x):  # [B, L, H, d] -> [B*H, Lp, d], zero rows appended
-        x = merge_heads(x)
-        # (F.pad copies even when it adds nothing)
-        return F.pad(x, (0, 0, 0, Lp - L)) if Lp > L else x
+def _by_dilation(backend, q, k, v, window, key_padding_mask, scale, dilations):
+    """One backend call per distinct dilation, on the heads that have it, heads back in order."""
+    groups = sorted(set(dilations))
+    if len(groups) == 1:
+        return _dilated(backend, q, k, v, window, key_padding_mask, scale, groups[0])
+    heads = [[h for h, d in enumerate(dilations) if d == g] for g in groups]
+    parts = [
+        _dilated(backend, q[:, :, hs], k[:, :, hs], v[:, :, hs], window, key_padding_mask, scale, g)
+        for g, hs in zip(groups, heads)
+    ]
+    order = torch.tensor([h for hs in heads for h in hs], device=q.device).argsort()  # inverse permutation
+    out, lse = (torch.cat([part[n] for part in parts], dim=2)[:, :, order] for n in (0, 1))
+    return out, lse
 
-    scores = chunk_scores(chunk(prepare(q * scale), w),  # BH x C x 2w x 2w
-                          chunk(prepare(k), w))
-    band = band_scores(scores)  # BH x Lp x (2w+1)
-    del scores
-    mask = band_mask(L, w, padded_len=Lp,
-                     key_padding_mask=key_padding_mask, device=q.device)
-    # Without key padding every row sees a real key (itself, or for the
-    # rows past L, token L - 1), so no row needs zeroing after the softmax.
-    probs = band_softmax(band.unflatten(0, (B, H)), mask[:, None],
-                         every_row_has_key=key_padding_mask is None)
-    del band  # free the scores' memory for P x V
-    probs = probs.to(v.dtype).flatten(0, 1)  # BH x Lp x (2w+1)
-    out = band_times_values(probs, prepare(v))  # BH x Lp x d_v
-    return split_heads(out, B)[:, :L]  # B x L x H x d_v
+
+def _dilated(backend, q, k, v, window, key_padding_mask, scale, d):
+    """One dilation d for all of q's heads: d ordinary windows over the residue classes.
+
+    Tokens i = m d + r (r = 0 .. d - 1) form class r, in which token i sits at place m. Query i
+    attends key j only when j - i is a multiple of d, that is when both are in the same class,
+    and then -left d <= j - i <= right d means -left <= m_j - m_i <= right: an ordinary window
+    inside the class. So the sequence is padded to a multiple of d (padding keys masked), folded
+    into d sequences of L / d tokens as extra batch rows, attended, and unfolded.
+    """
+    B, L = q.shape[:2]
+    if d == 1:
+        return backend(q, k, v, clip_window(window, L - 1), key_padding_mask, scale)
+    places = -(-L // d)  # tokens per class, padding included
+    extra = places * d - L
+
+    def classes(x):  # [B, L, ...] -> [B*d, L/d, ...]: row b*d + r is class r of batch b
+        x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra))
+        return x.unflatten(1, (places, d)).transpose(1, 2).flatten(0, 1)
+
+    padding = None
+    if key_padding_mask is not None or extra:
+        real = torch.ones(B, L, dtype=torch.bool, device=q.device) if key_padding_mask is None else ~key_padding_mask
+        padding = ~classes(real)  # B*d x L/d: the appended places are padding
+    out, lse = backend(classes(q), classes(k), classes(v), clip_window(window, places - 1), padding, scale)
+
+    def unfold(x):  # [B*d, L/d, ...] -> [B, L, ...]
+        return x.unflatten(0, (B, d)).transpose(1, 2).flatten(1, 2)[:, :L]
+
+    return unfold(out), unfold(lse)
+
+
+class _Output(torch.autograd.Function):
+    """The result in the input's dtype as a new contiguous [B, L, H, d_v] tensor, whose backward
+    hands the backends a contiguous gradient: ``out.sum().backward()`` sends back an expanded
+    (zero-stride) tensor, which would otherwise reach the backward's matrix products as is."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, dtype):
+        return x.to(dtype, memory_format=torch.contiguous_format, copy=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.dtype = inputs[0].dtype
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous().to(ctx.dtype), None

@@ -9,9 +9,11 @@ real key and are masked before the softmax, like padded keys.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .skew import skew
-from .validation import check_chunk_window
+from .softmax import masked_softmax
+from .validation import check_band_width, check_chunk_window, check_int, check_shape
 
 
 def band_scores(chunk_scores: torch.Tensor) -> torch.Tensor:
@@ -25,14 +27,19 @@ def band_scores(chunk_scores: torch.Tensor) -> torch.Tensor:
     chunk 0) and the last block (upper diagonals, from chunk C - 1) reach outside the chunk;
     there the skew reads zeros, which are exactly the cells before token 0 and past token L - 1.
     """
-    BH, C, two_w, _ = chunk_scores.shape
+    check_shape(chunk_scores, "chunk_scores", "[B*H, C, 2w, 2w]")
+    BH, C, two_w, width = chunk_scores.shape
+    if two_w != width or two_w % 2 or C < 1:
+        raise ValueError(
+            f"chunk_scores must be [B*H, C, 2w, 2w] with C >= 1 and an even 2w, got {tuple(chunk_scores.shape)}"
+        )
     w = two_w // 2
     top, bottom = chunk_scores[:, :, :w], chunk_scores[:, :, w:]  # BH x C x w x 2w each
     band = chunk_scores.new_empty(BH, C + 1, w, 2 * w + 1)  # BH x blocks x w x (2w + 1)
-    band[:, :C, :, w + 1 :] = skew(top, 1, w)  # block b, diagonals 1..w, from chunk b
+    band[:, :-1, :, w + 1 :] = skew(top, 1, w)  # block b, diagonals 1..w, from chunk b
     band[:, 1:, :, : w + 1] = skew(bottom, 0, w + 1)  # block b, diagonals -w..0, from chunk b - 1
     band[:, 0, :, : w + 1] = skew(top[:, 0], -w, w + 1)  # first block: keys before token 0 -> 0
-    band[:, C, :, w + 1 :] = skew(bottom[:, C - 1], w + 1, w)  # last block: keys past the end -> 0
+    band[:, -1, :, w + 1 :] = skew(bottom[:, -1], w + 1, w)  # last block (C): keys past the end -> 0
     return band.flatten(1, 2)  # BH x L x (2w + 1)
 
 
@@ -42,41 +49,50 @@ def band_mask(
     *,
     padded_len: int | None = None,
     key_padding_mask: torch.Tensor | None = None,
+    shift: int = 0,
     device=None,
 ) -> torch.Tensor:
     """Which band cells hold a real key: bool [B, L', 2w + 1] (B = 1 without a padding mask).
 
-    ``mask[b, i, j]`` is True when key i + j - w lies in 0 .. seq_len - 1 and is not padding
-    (``key_padding_mask`` [B, seq_len], True = padding). ``padded_len`` (default seq_len) is the
-    number of rows L' when the sequence was padded at the end: the rows past seq_len are queries
-    that will be dropped, and no row may attend to the keys past seq_len.
+    ``mask[b, i, j]`` is True when key i + shift + j - w lies in 0 .. seq_len - 1 and is not
+    padding (``key_padding_mask`` bool [B, seq_len], True = padding). ``padded_len`` (default
+    seq_len) is the number of rows L' when the sequence was padded at the end: the rows past
+    seq_len are queries that will be dropped, and no row may attend to the keys past seq_len.
+    ``shift`` (from -w to w) centres row i's band on key i + shift instead of i: an asymmetric
+    window is a symmetric one about a shifted diagonal (see :mod:`swa_tutorial.backends.chunks`).
     """
+    seq_len = check_int(seq_len, "seq_len")
     w = check_chunk_window(window)
-    padded_len = seq_len if padded_len is None else padded_len
-    if key_padding_mask is not None:
-        device = key_padding_mask.device
-    batch = 1 if key_padding_mask is None else key_padding_mask.shape[0]
-    # key_ok[b, w + t] says whether token t is a real key; w False cells pad either end.
-    key_ok = torch.zeros(batch, padded_len + 2 * w, dtype=torch.bool, device=device)
-    key_ok[:, w : w + seq_len] = True if key_padding_mask is None else ~key_padding_mask
+    padded_len = seq_len if padded_len is None else check_int(padded_len, "padded_len")
+    if padded_len < seq_len:
+        raise ValueError(f"padded_len must be at least seq_len = {seq_len}, got {padded_len}")
+    shift = check_int(shift, "shift", minimum=-w)
+    if shift > w:
+        raise ValueError(f"shift must lie in -window .. window = -{w} .. {w}, got {shift}")
+    if key_padding_mask is None:
+        real = torch.ones(1, seq_len, dtype=torch.bool, device=device)
+    else:
+        check_shape(key_padding_mask, "key_padding_mask", "[B, seq_len]", dtype=torch.bool)
+        if key_padding_mask.shape[1] != seq_len:
+            raise ValueError(
+                f"key_padding_mask must be [B, seq_len] = [B, {seq_len}], got {list(key_padding_mask.shape)}"
+            )
+        real = ~key_padding_mask
+    # key_ok[b, x] says whether key x + shift - w is real: False beyond either end.
+    key_ok = F.pad(real, (w - shift, padded_len + w + shift - seq_len), value=False)  # B x (L' + 2w)
     return key_ok.unfold(1, 2 * w + 1, 1)  # B x L' x (2w + 1): row i sees key_ok[i .. i + 2w]
 
 
-def band_softmax(scores: torch.Tensor, mask: torch.Tensor, *, every_row_has_key: bool = False) -> torch.Tensor:
+def band_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Softmax over each band row, over the cells where ``mask`` is True only.
 
     scores: [..., L, 2w + 1]; mask: bool, broadcastable to scores. Half types are computed in
     float32 (float64 stays float64) and the result has that dtype. Masked cells get probability
-    exactly 0, and a row with no valid cell gets all zeros (never NaN). ``every_row_has_key=True``
-    promises that no row is all masked (true without a key padding mask) and skips the pass that
-    zeroes such rows.
+    exactly 0, and a row with no valid cell gets all zeros (never NaN); see
+    :func:`swa_tutorial.softmax.masked_softmax`, which also returns each row's log-sum-exp.
     """
-    x = scores.to(torch.promote_types(scores.dtype, torch.float32))
-    x = x.masked_fill(~mask, torch.finfo(x.dtype).min)  # finite: a fully masked row stays NaN-free
-    probs = x.softmax(dim=-1)  # a masked cell: exp(min - row max) underflows to exactly 0 ...
-    if every_row_has_key:
-        return probs
-    return probs.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)  # ... unless no cell is valid
+    check_shape(mask, "mask", "[..., L, 2w + 1]", dtype=torch.bool, exact_rank=False)
+    return masked_softmax(scores, mask)[0]
 
 
 def dense_to_band(dense: torch.Tensor, window: int) -> torch.Tensor:
@@ -85,11 +101,14 @@ def dense_to_band(dense: torch.Tensor, window: int) -> torch.Tensor:
     ``band[..., i, j] = dense[..., i, i + j - w]``; cells outside the matrix are 0.
     """
     window = check_chunk_window(window)
+    check_shape(dense, "dense", "[..., L, L]", exact_rank=False, floating=False)
+    if dense.shape[-1] != dense.shape[-2]:
+        raise ValueError(f"dense must be square in its last two dims [..., L, L], got {tuple(dense.shape)}")
     L = dense.shape[-1]
     pos = torch.arange(L, device=dense.device)
     key = pos[:, None] + torch.arange(-window, window + 1, device=dense.device)  # L x (2w + 1)
     inside = (key >= 0) & (key < L)
-    picked = dense.gather(-1, key.clamp(0, L - 1).expand(*dense.shape[:-1], -1))
+    picked = dense.gather(-1, key.clamp(0, max(L - 1, 0)).expand(*dense.shape[:-1], -1))
     return picked.masked_fill(~inside, 0)
 
 
@@ -98,8 +117,9 @@ def band_to_dense(band: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
 
     ``dense[..., i, k] = band[..., i, k - i + w]`` inside the band ``|i - k| <= w``, ``fill`` outside.
     """
-    L, width = band.shape[-2:]
-    w = (width - 1) // 2
+    check_shape(band, "band", "[..., L, 2w + 1]", exact_rank=False, floating=False)
+    w = check_band_width(band, "band")
+    L = band.shape[-2]
     pos = torch.arange(L, device=band.device)
     col = pos[None, :] - pos[:, None] + w  # L x L: which band column holds dense cell (i, k)
     inside = (col >= 0) & (col <= 2 * w)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.animation import FuncAnimation
 
-from .attention import padded_length
+from .backends.chunks import padded_length
 from .band import band_mask, band_scores, band_softmax, band_to_dense
 from .chunks import chunk, chunk_scores, merge_heads, num_chunks
 from .labels import labelled_qkv

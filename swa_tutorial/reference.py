@@ -87,7 +87,7 @@ def loop_attention(q, k, v, window, *, key_padding_mask=None, scale=None, dilati
     B, L, H, _ = q.shape
     out = v.new_zeros(B, L, H, v.shape[-1])
     for h, d in enumerate(dilations):
-        left, right = clip_window(window, L)
+        left, right = clip_window(window, L - 1)
         for i in range(L):
             keys = torch.arange(i - left * d, i + right * d + 1, d)
             keys = keys[(keys >= 0) & (keys < L)]  # the n keys of query i's window

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .validation import check_int, check_shape
+
 
 def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
     """Diagonals into columns: [..., R, N] -> [..., R, count].
@@ -24,6 +26,8 @@ def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
     For a chunk's scores [2w, 2w], ``skew(scores, -w, 2w + 1)`` is the chunk in band layout:
     row x holds the keys x - w .. x + w of query x, one column per offset.
     """
+    check_shape(m, "m", "[..., R, N]", exact_rank=False, floating=False)
+    first, count = check_int(first, "first", minimum=-(2**62)), check_int(count, "count", minimum=1)
     R, N = m.shape[-2:]
     left = max(0, -first)
     right = max(0, R + first + count - 1 - N)
@@ -31,10 +35,10 @@ def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
         m = F.pad(m, (left, right))  # ... x R x (left + N + right)
         first += left
     stride = m.stride()
-    return m.as_strided(
+    start = m.narrow(-1, first, m.shape[-1] - first)  # row 0 starts at column `first`
+    return start.as_strided(  # (the storage offset is start's own)
         (*m.shape[:-1], count),
         (*stride[:-2], stride[-2] + stride[-1], stride[-1]),  # one element further per row
-        m.storage_offset() + first * stride[-1],
     )
 
 
@@ -45,6 +49,7 @@ def unskew(band: torch.Tensor) -> torch.Tensor:
     the rows are laid end to end and read back with a row stride one shorter, so row r starts r
     places further left and its entries land r columns further right.
     """
+    check_shape(band, "band", "[..., R, n]", exact_rank=False, floating=False)
     R, n = band.shape[-2:]
     padded = F.pad(band, (0, R)).flatten(-2)  # ... x R (n + R)
     return padded[..., : R * (R + n - 1)].unflatten(-1, (R, R + n - 1))

@@ -15,7 +15,13 @@ FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_int(value, name: str, minimum: int = 0) -> int:
-    """Return ``value`` as an int, or raise: it must be an integer >= ``minimum`` (not a bool)."""
+    """Return ``value`` as an int, or raise: it must be an integer >= ``minimum`` (not a bool).
+
+    A symbolic size (``torch.SymInt``, under torch.export or torch.compile with dynamic shapes)
+    is accepted as it is.
+    """
+    if isinstance(value, torch.SymInt):
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
     if value < minimum:
@@ -45,6 +51,34 @@ def check_tensor(x, name: str, dims: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got the quantized dtype {x.dtype}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float64, float32, float16 or bfloat16, got dtype {x.dtype}")
+
+
+def check_shape(x, name: str, dims: str, *, dtype=None, exact_rank: bool = True, floating: bool = True) -> None:
+    """``x`` must be a tensor with the dims named in ``dims`` (e.g. "[B*H, L, d]").
+
+    With ``exact_rank`` the rank must equal the number of names; otherwise at least the number of
+    names after a leading "...". ``dtype`` fixes the dtype (e.g. torch.bool); else a floating
+    ``x`` must have a supported dtype (``floating=False`` accepts any dtype).
+    """
+    names = [n.strip() for n in dims.strip("[]").split(",")]
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {dims}, got {type(x).__name__}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
+    if dtype is None and floating:
+        check_tensor(x, name, dims)
+    rank = len(names) - (names[0] == "...")
+    if (x.dim() != rank) if exact_rank else (x.dim() < rank):
+        expected = rank if exact_rank else f"at least {rank}"
+        raise ValueError(f"{name} must have {expected} dimensions {dims}, got {x.dim()} (shape {tuple(x.shape)})")
+
+
+def check_band_width(band: torch.Tensor, name: str) -> int:
+    """w of a band [..., L, 2w + 1] (w >= 1), or a ValueError naming ``name``."""
+    width = band.shape[-1]
+    if width % 2 == 0 or width < 3:
+        raise ValueError(f"{name} must have an odd width 2w + 1 >= 3 in its last dim, got {width}")
+    return (width - 1) // 2
 
 
 def check_qkv(q, k, v) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .chunks import chunk
 from .skew import unskew
+from .validation import check_band_width, check_chunk_window, check_shape
 
 
 def value_chunks(v: torch.Tensor, window: int) -> torch.Tensor:
@@ -21,6 +22,8 @@ def value_chunks(v: torch.Tensor, window: int) -> torch.Tensor:
 
     Chunk b holds the values of tokens (b - 1) w .. (b + 2) w - 1 (zeros outside the sequence).
     """
+    window = check_chunk_window(window)
+    check_shape(v, "v", "[B*H, L, d]")
     padded = F.pad(v, (0, 0, window, window))  # BH x (L + 2w) x d
     return chunk(padded, window, size=3 * window)  # BH x L/w x 3w x d
 
@@ -30,8 +33,15 @@ def band_times_values(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
     ``out[b, i] = sum_j probs[b, i, j] * v[b, i + j - w]``; L must be a multiple of w.
     """
-    BH, L, width = probs.shape
-    w = (width - 1) // 2
+    check_shape(probs, "probs", "[B*H, L, 2w + 1]")
+    check_shape(v, "v", "[B*H, L, d]")
+    w = check_band_width(probs, "probs")
+    L = probs.shape[1]
+    if L % w or L < w or v.shape[:2] != probs.shape[:2]:
+        raise ValueError(
+            f"probs [B*H, L, 2w + 1] and v [B*H, L, d] must share B*H and L, with L a multiple of w = {w}; "
+            f"got probs {tuple(probs.shape)} and v {tuple(v.shape)}"
+        )
     blocks = unskew(probs.unflatten(1, (L // w, w)))  # BH x L/w x w x 3w
     out = torch.einsum("bnxy,bnyd->bnxd", blocks, value_chunks(v, w))  # BH x L/w x w x d
     return out.flatten(1, 2)  # BH x L x d

@@ -88,8 +88,9 @@ def clip_window(window: tuple[Side, Side], reach: int) -> tuple[int, int]:
     With ``reach`` = L - 1 (or the number of steps of d that fit in L - 1) a wider side sees no
     more keys, so the clipped window computes the same attention.
     """
-    reach = max(reach, 0)
-    return tuple(reach if side is None else min(side, reach) for side in window)  # type: ignore[return-value]
+    reach = reach if reach > 0 else 0
+    # (comparisons rather than min(): a side stays a plain int when the length is symbolic)
+    return tuple(reach if side is None or side > reach else side for side in window)  # type: ignore[return-value]
 
 
 def window_size(window: tuple[Side, Side]) -> int | None:

@@ -6,6 +6,7 @@ its own seed, so a case is cheap to draw and reproducible from its printout alon
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -44,10 +45,11 @@ class Case:
     heads: int
     head_dim: int
     value_dim: int
-    window: int
+    window: object  # an int w, or a pair (left, right) of ints or None
     padding: str  # one of PADDINGS
     scale: float | None
     seed: int
+    dilation: object = 1  # an int, or one int per head
 
     def tensors(self, dtype: torch.dtype = torch.float64):
         """q, k [B, L, H, d], v [B, L, H, d_v] (standard normal, rounded to dtype) and the key
@@ -58,8 +60,13 @@ class Case:
         v = torch.randn(B, L, H, self.value_dim, generator=g, dtype=torch.float64)
         return q.to(dtype), k.to(dtype), v.to(dtype), self._mask(g)
 
+    def kwargs(self, mask) -> dict:
+        """The keyword arguments every entry point takes for this case."""
+        return dict(key_padding_mask=mask, scale=self.scale, dilation=self.dilation)
+
     def _mask(self, g: torch.Generator) -> torch.Tensor | None:
-        B, L, w = self.batch, self.seq_len, self.window
+        B, L = self.batch, self.seq_len
+        w = self.window if isinstance(self.window, int) else max(s or 0 for s in self.window)
         if self.padding == "none":
             return None
         if self.padding == "tail":  # each row's real tokens first; a length of 0 pads the whole row
@@ -93,9 +100,33 @@ def cases(draw, max_len: int = 300, head_dims=HEAD_DIMS, max_batch: int = 3, max
     )
 
 
-def blind_queries(seq_len: int, window: int, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+@st.composite
+def window_cases(draw, max_len: int = 200, head_dims=HEAD_DIMS, max_batch: int = 3, max_heads: int = 4) -> Case:
+    """A random problem with any window: (left, right) from 0 to beyond L (None: unbounded),
+    causal ones often, symmetric ints sometimes; a dilation for all heads or one per head."""
+    case = draw(cases(max_len, head_dims, max_batch, max_heads))
+    L = case.seq_len
+    side = st.one_of(st.integers(0, 6), st.integers(0, L + 2), st.none())
+    shape = draw(st.sampled_from(("pair", "causal", "int")))
+    if shape == "pair":
+        window = (draw(side), draw(side))
+    elif shape == "causal":
+        window = (draw(side), 0)
+    else:
+        window = draw(st.integers(1, L + 2))
+    dilation = draw(
+        st.one_of(
+            st.just(1),
+            st.integers(1, L + 1),
+            st.lists(st.integers(1, 4), min_size=case.heads, max_size=case.heads),
+        )
+    )
+    return dataclasses.replace(case, window=window, dilation=dilation)
+
+
+def blind_queries(seq_len: int, window, key_padding_mask: torch.Tensor | None, dilation: int = 1) -> torch.Tensor:
     """bool [B, L] (B = 1 without a mask): True for a query whose whole window is padding."""
-    allowed = dense_band_mask(seq_len, window)[None]  # 1 x L x L
+    allowed = dense_band_mask(seq_len, window, dilation=dilation)[None]  # 1 x L x L
     if key_padding_mask is not None:
         allowed = allowed & ~key_padding_mask[:, None, :]
     return ~allowed.any(dim=-1)

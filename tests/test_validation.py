@@ -11,11 +11,23 @@ import torch
 
 from swa_tutorial import (
     band_mask,
+    band_scores,
+    band_softmax,
+    band_times_values,
+    band_to_dense,
     chunk,
+    chunk_scores,
     dense_attention,
+    dense_band_mask,
     dense_to_band,
     loop_attention,
+    merge_heads,
+    num_chunks,
+    skew,
     sliding_window_attention,
+    split_heads,
+    unskew,
+    value_chunks,
 )
 
 ENTRY_POINTS = (sliding_window_attention, dense_attention, loop_attention)
@@ -166,3 +178,99 @@ def test_unusual_but_valid_arguments_are_accepted(fn):
     out = fn(q, k, v, np.int64(2), scale=2)
     assert out.shape == (B, L, H, 7)
     torch.testing.assert_close(out, dense_attention(q, k, v, 2, scale=2.0), rtol=0, atol=1e-10)
+
+
+# Every public step validates its arguments (a bad one never passes silently).
+
+BAD_STEP_CALLS = {
+    "band_mask, integer padding mask": (
+        lambda: band_mask(6, 2, key_padding_mask=torch.ones(1, 6, dtype=torch.uint8)),
+        TypeError,
+        r"key_padding_mask must have dtype torch\.bool, got torch\.uint8",
+    ),
+    "band_mask, padded_len < seq_len": (
+        lambda: band_mask(8, 2, padded_len=6),
+        ValueError,
+        r"padded_len must be at least seq_len = 8, got 6",
+    ),
+    "band_mask, mask of another length": (
+        lambda: band_mask(8, 2, key_padding_mask=torch.zeros(1, 7, dtype=torch.bool)),
+        ValueError,
+        r"key_padding_mask must be \[B, seq_len\] = \[B, 8\], got \[1, 7\]",
+    ),
+    "band_mask, negative length": (lambda: band_mask(-3, 2), ValueError, r"seq_len must be an int >= 0, got -3"),
+    "band_mask, shift beyond w": (lambda: band_mask(8, 2, shift=3), ValueError, r"shift must lie in -window"),
+    "band_mask, float length": (lambda: band_mask(8.0, 2), TypeError, r"seq_len must be an int >= 0, got float"),
+    "num_chunks, float length": (lambda: num_chunks(8.0, 2), TypeError, r"seq_len must be an int >= 0, got float"),
+    "num_chunks, negative length": (lambda: num_chunks(-8, 2), ValueError, r"seq_len must be an int >= 0, got -8"),
+    "band_to_dense, even width": (
+        lambda: band_to_dense(tensor(1, 5, 4)),
+        ValueError,
+        r"band must have an odd width 2w \+ 1 >= 3 in its last dim, got 4",
+    ),
+    "band_to_dense, rank 1": (
+        lambda: band_to_dense(tensor(5)),
+        ValueError,
+        r"band must have at least 2 dimensions \[\.\.\., L, 2w \+ 1\], got 1",
+    ),
+    "dense_to_band, not square": (
+        lambda: dense_to_band(tensor(4, 5), 1),
+        ValueError,
+        r"dense must be square in its last two dims \[\.\.\., L, L\], got \(4, 5\)",
+    ),
+    "merge_heads, rank 3": (lambda: merge_heads(tensor(2, 6, 4)), ValueError, r"x must have 4 dimensions \[B, L, H, d\], got 3"),
+    "split_heads, batch not dividing": (
+        lambda: split_heads(tensor(6, 5, 4), 4),
+        ValueError,
+        r"batch must divide the merged batch B\*H = 6, got 4",
+    ),
+    "split_heads, batch 0": (lambda: split_heads(tensor(6, 5, 4), 0), ValueError, r"batch must be an int >= 1, got 0"),
+    "chunk, rank 4": (lambda: chunk(tensor(1, 8, 1, 1), 2), ValueError, r"x must have 3 dimensions \[B\*H, L, d\], got 4"),
+    "chunk, float size": (lambda: chunk(tensor(1, 8, 1), 2, size=4.0), TypeError, r"size must be an int >= 1, got float"),
+    "chunk_scores, shapes differ": (
+        lambda: chunk_scores(tensor(1, 3, 4, 2), tensor(1, 3, 4, 3)),
+        ValueError,
+        r"k_chunks must have the shape of q_chunks \(1, 3, 4, 2\), got \(1, 3, 4, 3\)",
+    ),
+    "band_scores, not square chunks": (
+        lambda: band_scores(tensor(1, 3, 4, 5)),
+        ValueError,
+        r"chunk_scores must be \[B\*H, C, 2w, 2w\]",
+    ),
+    "band_scores, rank 3": (
+        lambda: band_scores(tensor(3, 4, 4)),
+        ValueError,
+        r"chunk_scores must have 4 dimensions \[B\*H, C, 2w, 2w\], got 3",
+    ),
+    "band_softmax, mask of floats": (
+        lambda: band_softmax(tensor(1, 4, 3), tensor(1, 4, 3)),
+        TypeError,
+        r"mask must have dtype torch\.bool, got torch\.float64",
+    ),
+    "skew, float first": (lambda: skew(tensor(3, 3), 1.0, 2), TypeError, r"first must be an int"),
+    "skew, count 0": (lambda: skew(tensor(3, 3), 0, 0), ValueError, r"count must be an int >= 1, got 0"),
+    "unskew, rank 1": (lambda: unskew(tensor(3)), ValueError, r"band must have at least 2 dimensions"),
+    "value_chunks, rank 4": (lambda: value_chunks(tensor(1, 8, 1, 1), 2), ValueError, r"v must have 3 dimensions"),
+    "band_times_values, even width": (
+        lambda: band_times_values(tensor(1, 8, 4), tensor(1, 8, 2)),
+        ValueError,
+        r"probs must have an odd width 2w \+ 1 >= 3 in its last dim, got 4",
+    ),
+    "band_times_values, lengths differ": (
+        lambda: band_times_values(tensor(1, 8, 5), tensor(1, 6, 2)),
+        ValueError,
+        r"probs \[B\*H, L, 2w \+ 1\] and v \[B\*H, L, d\] must share B\*H and L",
+    ),
+    "dense_band_mask, negative length": (
+        lambda: dense_band_mask(-1, 2),
+        ValueError,
+        r"seq_len must be an int >= 0, got -1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STEP_CALLS.values(), ids=BAD_STEP_CALLS.keys())
+def test_steps_reject_bad_arguments(case):
+    call, error, message = case
+    with pytest.raises(error, match=message):
+        call()

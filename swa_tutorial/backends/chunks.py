@@ -1,0 +1,78 @@
+"""The chunks backend: Part I's algorithm, Longformer's overlapping chunks, for every window.
+
+The symmetric window w runs exactly as the book derives it: pad L to a multiple of w, merge the
+heads, score the 2w-token chunks, read the band out with the skew, mask, softmax, and multiply
+by the 3w value chunks.
+
+An asymmetric window (left, right) is a symmetric window about a shifted diagonal. Take
+w = ceil((left + right) / 2) and shift = right - w (so -w <= shift <= w). Query i's keys
+i - left .. i + right all lie within (i + shift) - w .. (i + shift) + w, a band of 2w + 1 keys
+centred on key i + shift; when left + right is odd the band holds one key more than the window
+(i + shift - w = i - left - 1), and that one diagonal is masked. So shift the keys and values by
+``shift`` rows (row m holds token m + shift, zeros past either end) and run the symmetric
+algorithm: a causal window (w, 0) costs a band of w + 1 or w + 2 columns, not 2w + 1. The
+queries get max(shift, 0) zero rows in front so that every key they need has a row, and the
+length grows by |shift| <= w before it is rounded up to a multiple of w.
+
+torch.export with a dynamic L: the rounding up (a ceiling division of the symbolic L) leaves
+guards the exporter cannot prove, so declare L a multiple of w (``L = w * Dim("n")``, with
+n >= 3), as a model that pads its batches to a multiple of the window does; then every length
+exports into one program. torch.compile has no such limit (it recompiles when it must).
+
+Scores, softmax and P x V are computed in float32 for half inputs (the accumulation dtype of
+:mod:`swa_tutorial.softmax`): q and k are converted before the chunked product, so no score is
+ever rounded to 16 bits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..band import band_mask, band_scores
+from ..chunks import chunk, chunk_scores, merge_heads, split_heads
+from ..softmax import accumulation_dtype, masked_softmax
+from ..values import band_times_values
+from . import dense
+
+
+def padded_length(seq_len: int, window: int) -> int:
+    """The length the chunked algorithm runs at: L rounded up to a multiple of w, at least 2w.
+
+    The chunk view needs no more than that (Longformer's own code pads to a multiple of 2w).
+    """
+    return max(2 * window, -(-seq_len // window) * window)
+
+
+def symmetric_window(left: int, right: int) -> tuple[int, int]:
+    """(w, shift): the symmetric window about a shifted diagonal that holds (left, right)."""
+    w = max(1, -(-(left + right) // 2))
+    return w, right - w
+
+
+def attend(q, k, v, window, key_padding_mask, scale):
+    """q, k [B, L, H, d], v [B, L, H, d_v], window (left, right) -> out [B, L, H, d_v], lse [B, L, H]."""
+    left, right = window
+    B, L, H, _ = q.shape
+    w, shift = symmetric_window(left, right)
+    if 2 * w >= L:  # the sequence fits in one chunk: that chunk is dense attention, unpadded
+        return dense.attend(q, k, v, window, key_padding_mask, scale)
+    # Row r of the queries holds token r - lead and row r of the keys token r - lead + shift:
+    # `lead` zero rows first, so that the keys the first queries need have rows >= 0.
+    lead = max(shift, 0)
+    Lp = (L + abs(shift) + w - 1) // w * w  # the padded length: a multiple of w, > 2w since L > 2w
+    acc = accumulation_dtype(q.dtype)
+
+    def rows(x, first):  # [B, L, H, d] -> [B*H, Lp, d]: row r holds token r - first, or zeros
+        return F.pad(merge_heads(x.to(acc)), (0, 0, first, Lp - L - first))
+
+    scores = chunk_scores(chunk(rows(q, lead) * scale, w), chunk(rows(k, lead - shift), w))  # BH x C x 2w x 2w
+    band = band_scores(scores)  # BH x Lp x (2w + 1)
+    del scores
+    mask = band_mask(L, w, padded_len=Lp, key_padding_mask=key_padding_mask, shift=shift - lead, device=q.device)
+    offset = torch.arange(-w, w + 1, device=q.device) + shift  # key - query of each band column
+    mask = mask & (offset >= -left) & (offset <= right)  # B' x Lp x (2w + 1); B' = B or 1
+    probs, lse = masked_softmax(band.unflatten(0, (B, H)), mask[:, None])  # B x H x Lp x (2w + 1)
+    del band  # free the scores' memory for P x V
+    out = band_times_values(probs.flatten(0, 1), rows(v, lead - shift))  # BH x Lp x d_v
+    return split_heads(out, B)[:, lead : lead + L].contiguous(), lse[:, :, lead : lead + L].transpose(1, 2)

@@ -1,0 +1,69 @@
+"""The softmax over the cells a query may attend, with its log-sum-exp.
+
+Every path of the package ends its scores the same way: mask the cells a query may not attend,
+take the softmax over the rest in float32 (float64 stays float64), and keep each row's
+log-sum-exp ``lse = log sum_j exp(s_j)``, which lets two softmaxes over disjoint keys be merged
+later (global attention) and a backward pass recompute the probabilities.
+
+Three promises, whatever the scores are:
+
+* a masked cell gets probability exactly 0 (it is set to -inf, not to a large negative number,
+  so no finite valid score can lose to it);
+* a row with no valid cell gets all zeros and lse = -inf, never NaN, and a zero gradient;
+* a NaN or infinite *valid* score is not hidden: its row becomes NaN, as the definition says.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype scores, softmax and sums are kept in: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class _MaskedSoftmax(torch.autograd.Function):
+    """probs, lse = masked softmax of x over its last dim; backward saves only probs.
+
+    With p the probabilities, the gradient of a loss through both outputs is
+    dx = p * (dp - sum(p * dp) + dlse), since d lse / d x = p. Cells with p = 0 (masked, or rows
+    with no valid cell) get a zero gradient.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, allowed):
+        sees_a_key = allowed.any(dim=-1, keepdim=True)  # ... x 1
+        # A row with no valid cell is given all its cells (finite: no NaN), then zeroed.
+        x = x.masked_fill(~(allowed | ~sees_a_key), float("-inf"))
+        probs = torch.where(sees_a_key, x.softmax(dim=-1), 0.0)
+        # lse from the softmax itself: at the row's maximum m, p = exp(m - lse), so
+        # lse = m - log p_max, with p_max >= 1 / n: no second pass of exponentials.
+        lse = x.amax(dim=-1) - probs.amax(dim=-1).log()
+        lse = lse.masked_fill(~sees_a_key.squeeze(-1), float("-inf"))
+        return probs, lse
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        probs, _ = output
+        ctx.save_for_backward(probs)
+
+    @staticmethod
+    def backward(ctx, d_probs, d_lse):
+        (probs,) = ctx.saved_tensors
+        row = (probs * d_probs).sum(dim=-1, keepdim=True)  # ... x 1
+        return probs * (d_probs - row + d_lse.unsqueeze(-1)), None
+
+
+def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax of ``scores`` over its last dim, over the cells where ``allowed`` is True only.
+
+    scores: [..., n] (any float dtype; computed in :func:`accumulation_dtype`); allowed: bool,
+    broadcastable to scores. Returns probs [..., n] and lse [...], both in the accumulation dtype:
+    ``probs = exp(scores - lse)`` on allowed cells, exactly 0 elsewhere; a row with no allowed
+    cell has probs 0 and lse = -inf. Differentiable through both outputs.
+    """
+    x = scores.to(accumulation_dtype(scores.dtype))
+    return _MaskedSoftmax.apply(x, allowed.expand_as(x))

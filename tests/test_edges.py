@@ -1,0 +1,279 @@
+"""The edges of the public function: each a regression test for a defect once found.
+
+Overflowing half-precision scores, empty sizes, inputs no attention takes (float8, complex,
+sparse, quantized, non-finite scales), gradients through expanded inputs and expanded upstream
+gradients, the output's layout, wide windows, NaN inputs, and torch.compile, torch.export and
+torch.func.vmap against eager mode.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cases import assert_close64
+from swa_tutorial import dense_attention, loop_attention, sliding_window_attention
+from swa_tutorial.backends import chunks, dense
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def randn(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# Half precision: scores beyond the float16 range.
+
+
+@pytest.mark.parametrize("backend", ("chunks", "dense"))
+def test_float16_scores_beyond_its_range(backend):
+    """q = 100 and k = -100 everywhere: every score is -80000, past float16's -65504. Each query
+    averages its window's values equally; the padding key 3 (value 1000) never gets weight."""
+    q = torch.full((1, 6, 1, 64), 100.0, dtype=torch.float16)
+    k = torch.full((1, 6, 1, 64), -100.0, dtype=torch.float16)
+    v = torch.zeros(1, 6, 1, 64, dtype=torch.float16)
+    v[0, :, 0, 0] = torch.arange(6.0)
+    v[0, 3, 0, 0] = 1000.0
+    pad = torch.zeros(1, 6, dtype=torch.bool)
+    pad[0, 3] = True
+    out = sliding_window_attention(q, k, v, 1, key_padding_mask=pad, backend=backend)
+    # query i averages the non-padding tokens among i - 1 .. i + 1
+    expected = [sum(t for t in range(max(0, i - 1), min(6, i + 2)) if t != 3) for i in range(6)]
+    counts = [sum(1 for t in range(max(0, i - 1), min(6, i + 2)) if t != 3) for i in range(6)]
+    assert out[0, :, 0, 0].tolist() == [e / c for e, c in zip(expected, counts)]
+    assert out[0, :, 0, 0].tolist() == [0.5, 1.0, 1.5, 3.0, 4.5, 4.5]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_a_large_scale_is_applied_in_float32(dtype):
+    """scale * q . k past the half range: q * scale formed in float32, so no infinity appears."""
+    q, k, v = (randn(1, 20, 2, 8, seed=s).to(dtype) for s in range(3))
+    out = sliding_window_attention(q, k, v, 3, scale=1e5)
+    ref = dense_attention(q.double(), k.double(), v.double(), 3, scale=1e5)  # a hard max: one key wins
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max() <= 2 * torch.finfo(dtype).eps * v.double().abs().max()
+
+
+def test_masked_cells_never_get_weight_whatever_the_scores():
+    """Valid scores far below any fill value a masked cell could get still win every weight."""
+    q = torch.full((1, 10, 1, 4), 1e150, dtype=torch.float64)
+    k = -torch.ones(1, 10, 1, 4, dtype=torch.float64)
+    v = torch.arange(10.0, dtype=torch.float64).reshape(1, 10, 1, 1)
+    pad = torch.zeros(1, 10, dtype=torch.bool)
+    pad[0, 5] = True
+    for backend in ("chunks", "dense"):
+        out = sliding_window_attention(q, k, v, 2, key_padding_mask=pad, scale=1.0, backend=backend)
+        assert torch.isfinite(out).all()
+        assert out[0, 5, 0, 0] == (3 + 4 + 6 + 7) / 4  # key 5 is padding: the four others share
+
+
+# Empty sizes behave as in scaled_dot_product_attention.
+
+
+@pytest.mark.parametrize("shape", [(0, 7, 2, 4), (2, 0, 2, 4), (2, 7, 0, 4)])
+def test_empty_batch_length_or_heads(shape):
+    q, k = (randn(*shape, seed=s).requires_grad_() for s in range(2))
+    v = randn(*shape[:3], 3, seed=2).requires_grad_()
+    out = sliding_window_attention(q, k, v, 2)
+    assert out.shape == (*shape[:3], 3) and out.dtype == q.dtype
+    out.sum().backward()
+    assert q.grad.shape == q.shape and v.grad.shape == v.shape
+
+
+@pytest.mark.parametrize("window", (2, (3, 0)))
+def test_head_dim_zero_averages_the_window(window):
+    """d = 0: every score is 0 whatever the scale, so each query averages its window's values,
+    as scaled_dot_product_attention does."""
+    q, k = torch.zeros(2, 9, 3, 0, dtype=torch.float64), torch.zeros(2, 9, 3, 0, dtype=torch.float64)
+    v = randn(2, 9, 3, 4)
+    out = sliding_window_attention(q, k, v, window)
+    assert_close64(out, dense_attention(q, k, v, window, scale=1.0))
+    full = sliding_window_attention(q, k, v, 8)
+    sdpa = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v))).transpose(1, 2)
+    assert_close64(full, sdpa)
+
+
+def test_value_dim_zero():
+    q, k = randn(2, 9, 3, 4), randn(2, 9, 3, 4, seed=1)
+    out = sliding_window_attention(q, k, torch.zeros(2, 9, 3, 0, dtype=torch.float64), (1, 1))
+    assert out.shape == (2, 9, 3, 0)
+
+
+# Inputs no attention takes.
+
+
+def _valid(**changes):
+    tensors = {name: randn(2, 6, 3, 4, seed=n) for n, name in enumerate("qkv")}
+    tensors.update(changes)
+    return tensors["q"], tensors["k"], tensors["v"]
+
+
+@pytest.mark.parametrize(
+    "q, message",
+    [
+        (torch.zeros(2, 6, 3, 4).to(torch.float8_e4m3fn), r"q must have dtype float64, float32, float16 or bfloat16"),
+        (torch.zeros(2, 6, 3, 4, dtype=torch.complex64), r"q must have dtype float64, float32, float16 or bfloat16"),
+        (torch.zeros(2, 6, 3, 4).to_sparse(), r"q must be a dense \(strided\) tensor, got layout torch\.sparse_coo"),
+        (
+            torch.quantize_per_tensor(torch.zeros(2, 6, 3, 4), 0.1, 0, torch.qint8),
+            r"q must be a floating-point tensor, got the quantized dtype torch\.qint8",
+        ),
+    ],
+    ids=["float8", "complex", "sparse", "quantized"],
+)
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
+@pytest.mark.parametrize("fn", (sliding_window_attention, dense_attention, loop_attention))
+def test_tensors_of_other_kinds_get_a_type_error(fn, q, message):
+    with pytest.raises(TypeError, match=message):
+        fn(*_valid(q=q), 2)
+
+
+@pytest.mark.parametrize("scale", (float("nan"), float("inf"), -float("inf"), 10**400))
+@pytest.mark.parametrize("fn", (sliding_window_attention, dense_attention, loop_attention))
+def test_scale_must_be_finite(fn, scale):
+    with pytest.raises(ValueError, match="scale must be a finite real number"):
+        fn(*_valid(), 2, scale=scale)
+
+
+def test_key_padding_mask_must_be_dense():
+    with pytest.raises(TypeError, match=r"key_padding_mask must be a dense \(strided\) tensor"):
+        sliding_window_attention(*_valid(), 2, key_padding_mask=torch.zeros(2, 6, dtype=torch.bool).to_sparse())
+
+
+@pytest.mark.parametrize("backend, error", [("fast", ValueError), (None, TypeError), ("Chunks", ValueError)])
+def test_unknown_backend(backend, error):
+    with pytest.raises(error, match="backend must be one of 'auto', "):
+        sliding_window_attention(*_valid(), 2, backend=backend)
+
+
+# Gradients and layout.
+
+
+def test_output_is_contiguous_in_the_input_layout():
+    q, k, v = (randn(2, 30, 3, 8, seed=s).transpose(0, 0) for s in range(3))
+    out = sliding_window_attention(q, k, v, (4, 1))
+    assert out.is_contiguous() and out.shape == (2, 30, 3, 8)
+    assert out.view(2, 30, -1).shape == (2, 30, 24)  # heads concatenated, as a model needs
+
+
+@pytest.mark.parametrize("backend", ("chunks", "dense"))
+def test_an_expanded_upstream_gradient_reaches_the_backend_contiguous(backend, monkeypatch):
+    """``out.sum().backward()`` sends back a zero-stride tensor: the backend's own backward must
+    receive a dense one (a zero-stride operand makes the matrix products of the backward slow)."""
+    import swa_tutorial.backends as backends
+
+    seen = []
+
+    def recording(*args):
+        out, lse = backends.BACKENDS[backend](*args)
+        out.register_hook(lambda g: seen.append(g.is_contiguous() and 0 not in g.stride()))
+        return out, lse
+
+    monkeypatch.setattr(backends, "load", lambda name, device: recording)
+    q, k, v = (randn(2, 40, 3, 8, seed=s).requires_grad_() for s in range(3))
+    import swa_tutorial.attention as attention
+
+    monkeypatch.setattr(attention, "load", lambda name, device: recording)
+    sliding_window_attention(q, k, v, 4).sum().backward()
+    assert seen == [True]
+
+
+def test_gradient_through_expanded_keys_is_per_batch():
+    """k expanded over the batch (zero stride): each batch element's gradient is its own."""
+    k0 = randn(1, 24, 2, 4, seed=1).requires_grad_()
+    q, v = randn(3, 24, 2, 4), randn(3, 24, 2, 4, seed=2)
+    g_out = randn(3, 24, 2, 4, seed=3)
+
+    def grad(fn):
+        k = k0.expand(3, -1, -1, -1)
+        return torch.autograd.grad((fn(q, k, v, (3, 2)) * g_out).sum(), k0)[0]
+
+    assert_close64(grad(sliding_window_attention), grad(dense_attention))
+
+
+def test_wide_windows_run_dense_not_padded(monkeypatch):
+    """A window that puts the whole sequence in one chunk (2w >= L) is computed as dense
+    attention on the L tokens, not padded to 2w rows."""
+    calls = []
+    real = dense.attend
+    monkeypatch.setattr(dense, "attend", lambda *a: calls.append(a[0].shape[1]) or real(*a))
+    q, k, v = (randn(1, 50, 2, 4, seed=s) for s in range(3))
+    for window in (49, 10**6, (None, None), (60, 2), (25, 25)):
+        assert_close64(sliding_window_attention(q, k, v, window, backend="chunks"), dense_attention(q, k, v, window))
+    assert calls == [50] * 5
+    chunks.attend(q, k, v, (12, 12), None, 0.5)  # 2w = 24 < 50: chunks
+    assert calls == [50] * 5
+
+
+# Non-finite inputs spread; they are never hidden.
+
+
+@pytest.mark.parametrize("backend", ("chunks", "dense"))
+def test_nan_in_q_or_k_reaches_exactly_the_rows_that_score_it(backend):
+    q, k, v = (randn(1, 30, 1, 4, seed=s) for s in range(3))
+    for name, window in (("q", 2), ("k", 2), ("k", (3, 0))):
+        x = (q if name == "q" else k).clone()
+        x[0, 12, 0, 1] = float("nan")
+        args = (x, k, v) if name == "q" else (q, x, v)
+        nan_rows = sliding_window_attention(*args, window, backend=backend)[0, :, 0].isnan().any(-1)
+        expected = loop_attention(*args, window)[0, :, 0].isnan().any(-1)
+        assert torch.equal(nan_rows, expected) and nan_rows.sum() >= 1
+
+
+# Compilers.
+
+
+def _problem(L=37):
+    q, k, v = (randn(2, L, 3, 8, seed=s, dtype=torch.float32) for s in range(3))
+    mask = torch.rand(2, L, generator=torch.Generator().manual_seed(5)) < 0.2
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("window", (4, (3, 0)))
+def test_torch_compile_fullgraph_matches_eager(window):
+    """One graph, no break; forward and gradients equal eager mode's. The inductor backend
+    generates and runs real code (slow to compile: one small problem per window form)."""
+    q, k, v, mask = _problem()
+
+    def f(q, k, v, mask):
+        return sliding_window_attention(q, k, v, window, key_padding_mask=mask)
+
+    compiled = torch.compile(f, fullgraph=True)
+    inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    eager_inputs = [x.clone().requires_grad_() for x in (q, k, v)]
+    out, ref = compiled(*inputs, mask), f(*eager_inputs, mask)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for a, b in zip(inputs, eager_inputs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_vmap_with_a_padding_mask_matches_a_loop():
+    q, k, v, mask = _problem()
+    stacked = [torch.stack([x, x.flip(1)]) for x in (q, k, v, mask)]  # 2 problems
+
+    def f(q, k, v, mask):
+        return sliding_window_attention(q, k, v, (2, 5), key_padding_mask=mask)
+
+    out = torch.func.vmap(f)(*stacked)
+    for n in range(2):
+        torch.testing.assert_close(out[n], f(*(x[n] for x in stacked)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("window, step", [(4, 4), ((3, 0), 2), ((2, 5), 4)])
+def test_torch_export_with_a_dynamic_length(window, step):
+    """One exported program for every L = step * n (step = w of the symmetric window that
+    holds the pair: ceil((left + right) / 2)); each run equals eager mode."""
+    from torch.export import Dim, export
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v, mask):
+            return sliding_window_attention(q, k, v, window, key_padding_mask=mask)
+
+    L = step * Dim("n", min=3, max=512)
+    program = export(Attention(), _problem(8 * step), dynamic_shapes=({1: L},) * 4).module()
+    for n in (3, 8, 21):
+        inputs = _problem(step * n)
+        torch.testing.assert_close(program(*inputs), Attention()(*inputs), rtol=0, atol=0)

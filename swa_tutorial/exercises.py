@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from .attention import padded_length
+from .backends.chunks import padded_length
 from .band import band_mask, band_scores, band_softmax, dense_to_band
 from .chunks import chunk, chunk_scores, merge_heads, num_chunks, split_heads
 from .labels import labelled_qkv
@@ -221,9 +221,15 @@ def _padded_length() -> Iterator[Case]:
             yield Case(f"padded_length(L={L}, w={w})", (L, w), padded_length(L, w), same_int)
 
 
+def _chunked_indices(L: int, w: int) -> torch.Tensor:
+    """The token indices each chunk holds, C x 2w: the chunk view of 0 .. L - 1."""
+    indices = torch.arange(L, dtype=torch.float64)[None, :, None]  # [1, L, 1]
+    return chunk(indices, w)[0, :, :, 0].long()
+
+
 def _shared_chunk_compare(i: int, j: int, w: int, L: int) -> Compare:
     """The chunk got must exist and hold both tokens: read from the chunk view of the indices."""
-    tokens = chunk(torch.arange(L)[None, :, None], w)[0, :, :, 0]  # C x 2w: the indices in each chunk
+    tokens = _chunked_indices(L, w)
 
     def compare(_expected, got) -> str | None:
         if isinstance(got, bool) or not isinstance(got, int):
@@ -271,7 +277,8 @@ def _chunk() -> Iterator[Case]:
 
 def _chunk_position() -> Iterator[Case]:
     for BH, L, d, w in [(1, 8, 2, 2), (2, 12, 3, 3), (3, 10, 1, 5)]:
-        storage = torch.arange(BH * L * d).reshape(BH, L, d)  # each element holds its position
+        # each element holds its own position (exact in float64)
+        storage = torch.arange(BH * L * d, dtype=torch.float64).reshape(BH, L, d)
         view = chunk(storage, w)
         for r, c, x, e in itertools.product(*(range(n) for n in view.shape)):
             yield Case(f"chunk_position(r={r}, c={c}, x={x}, e={e}, L={L}, d={d}, w={w})", (r, c, x, e, L, d, w),
@@ -289,7 +296,7 @@ def _chunk_scores() -> Iterator[Case]:
 def _wasted_scores_expected(L: int, w: int) -> tuple[int, int]:
     """(repeats, outside), counted cell by cell over the chunks of the chunk view of the indices."""
     count = torch.zeros(L, L, dtype=torch.int64)
-    for tokens in chunk(torch.arange(L)[None, :, None], w)[0, :, :, 0]:  # each chunk's indices
+    for tokens in _chunked_indices(L, w):
         count[tokens[:, None], tokens[None, :]] += 1
     band = dense_band_mask(L, w)
     return int((count - 1).clamp(min=0)[band].sum()), int(count[~band].sum())
@@ -361,12 +368,12 @@ def _value_chunks() -> Iterator[Case]:
                    same_tensor(("row", "block", "y", "component")))
 
 
-def _layer() -> Iterator[Case]:
+def _causal_layer() -> Iterator[Case]:
     for seed, (B, L, H, d, w) in enumerate([(1, 8, 1, 2, 2), (2, 12, 3, 4, 2), (1, 24, 2, 8, 4), (2, 6, 1, 3, 3)]):
         q, k, v = _randn(3, B, L, H, d, seed=seed)
-        yield Case(f"layer(q, k, v, w={w}) with [B, L, H, d] = {[B, L, H, d]}", (q, k, v, w),
-                   dense_attention(q, k, v, w), same_tensor(("batch", "query", "head", "component"), exact=False),
-                   "dense_attention")
+        yield Case(f"causal_layer(q, k, v, w={w}) with [B, L, H, d] = {[B, L, H, d]}", (q, k, v, w),
+                   dense_attention(q, k, v, (w, 0)), same_tensor(("batch", "query", "head", "component"), exact=False),
+                   f"dense_attention(q, k, v, ({w}, 0))")
 
 
 def _chunked_multiply_adds_expected(L: int, w: int, d: int) -> int:
@@ -445,9 +452,9 @@ EXERCISES: dict[str, Exercise] = {
         Exercise("value_chunks", "10_softmax_pv",
                  "value_chunks(v, w): [B*H, L, d] -> [B*H, L/w, 3w, d]",
                  "swa_tutorial.value_chunks", _value_chunks),
-        Exercise("layer", "11_layer",
-                 "layer(q, k, v, w): sliding-window attention [B, L, H, d] composed from the steps",
-                 "swa_tutorial.dense_attention", _layer),
+        Exercise("causal_layer", "11_layer",
+                 "causal_layer(q, k, v, w): attention to keys i - w .. i, composed from the steps",
+                 "swa_tutorial.dense_attention", _causal_layer),
         Exercise("chunked_multiply_adds", "11_layer",
                  "chunked_multiply_adds(L, w, d): the two chunked products' multiply-adds per head",
                  "the shapes of the steps' tensors", _chunked_multiply_adds),

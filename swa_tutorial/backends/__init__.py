@@ -17,16 +17,19 @@ Every backend is a module with one function
 The backends, each tested against the float64 dense reference:
 
 * ``"chunks"``: the book's algorithm, Longformer's overlapping chunks (:mod:`.chunks`);
-* ``"dense"``: the whole L x L matrix (:mod:`.dense`), for short sequences.
+* ``"dense"``: the whole L x L matrix (:mod:`.dense`), for short sequences;
+* ``"triton"``: a fused Triton kernel, forward and backward, that never stores the band
+  (:mod:`.triton_kernel`): CUDA tensors, or CPU tensors under Triton's interpreter
+  (TRITON_INTERPRET=1). Triton is imported only when it runs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import chunks, dense
+from . import chunks, dense, triton_kernel
 
-BACKENDS = {"chunks": chunks.attend, "dense": dense.attend}
+BACKENDS = {"chunks": chunks.attend, "dense": dense.attend, "triton": triton_kernel.attend}
 CHOICES = ("auto", *BACKENDS)
 
 

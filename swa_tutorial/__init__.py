@@ -11,7 +11,8 @@ in the order the book derives them: :func:`num_chunks`, :func:`merge_heads`, :fu
 The references :func:`dense_attention` and :func:`loop_attention` are the specification.
 
 For generation, :class:`RollingKVCache` keeps the newest keys and values of a causal window;
-:mod:`swa_tutorial.conventions` turns other libraries' window settings into ``(left, right)``.
+:mod:`swa_tutorial.conventions` turns other libraries' window settings into ``(left, right)``;
+:mod:`swa_tutorial.distributed` shards a sequence across processes (a halo exchange).
 """
 
 from . import conventions
@@ -26,6 +27,16 @@ from .skew import skew, unskew
 from .values import band_times_values, value_chunks
 
 __version__ = "0.2.0"
+
+
+def __getattr__(name):
+    """``swa_tutorial.distributed`` is imported on first use, not with the package, so that
+    ``python -m swa_tutorial.distributed`` runs it fresh."""
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.distributed")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "RollingKVCache",

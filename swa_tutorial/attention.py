@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .backends import check_backend, load
 from .softmax import accumulation_dtype
 from .validation import check_key_padding_mask, check_qkv, check_scale
-from .windows import check_dilation, check_window, clip_window
+from .windows import check_dilation, check_window, clip_dilation, clip_window
 
 
 def sliding_window_attention(
@@ -67,10 +67,10 @@ def sliding_window_attention(
 
 
 def attend(q, k, v, window, *, key_padding_mask=None, scale=None, dilation=1, backend="auto"):
-    """:func:`sliding_window_attention` before the final rounding: (out, lse), both in the
-    accumulation dtype (float32 for half inputs, float64 for float64), out [B, L, H, d_v] and
-    lse [B, L, H]. For code that combines several attentions (global tokens, shards) and rounds
-    once at the end."""
+    """:func:`~swa_tutorial.sliding_window_attention` before the final rounding: (out, lse),
+    both in the accumulation dtype (float32 for half inputs, float64 for float64), out
+    [B, L, H, d_v] and lse [B, L, H]. For code that combines several attentions (global tokens,
+    shards) and rounds once at the end."""
     check_qkv(q, k, v)
     window = check_window(window)
     B, L, H, d = q.shape
@@ -117,6 +117,7 @@ def _dilated(backend, q, k, v, window, key_padding_mask, scale, d):
     B, L = q.shape[:2]
     if d == 1:
         return backend(q, k, v, clip_window(window, L - 1), key_padding_mask, scale)
+    d = clip_dilation(d, L)  # d > L would add d - L classes of padding only
     places = -(-L // d)  # tokens per class, padding included
     extra = places * d - L
 

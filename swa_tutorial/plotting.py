@@ -158,3 +158,56 @@ def mark_row_ranges(ax, ranges, labels, *, width=0.9, fontsize=11):
         bars.text(k + 0.45, (first + last) / 2, label, rotation=90, ha="left", va="center", color=color,
                   fontsize=fontsize)
     return bars
+
+
+RANK_COLORS = ("#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fc9272", "#c7c7c7")  # one per rank, cycled
+
+
+def draw_halo(ax, lengths, window, *, dilation=1, backward=False, first=1):
+    """The halo exchange of :mod:`swa_tutorial.distributed`: who sends which tokens to whom.
+
+    One row per rank, holding its [left halo | shard | right halo] at the tokens' positions
+    (numbered from ``first``): its own tokens with a solid edge, the halo's dashed, each token
+    coloured by the rank that owns it. One arrow per transfer of
+    :func:`~swa_tutorial.distributed.halo_plan`, from the owner to the receiver, marked with the
+    keys and values it carries (for more than two ranks, only how many tokens); ``backward``
+    reverses them: the halo's gradients going home.
+    """
+    from .distributed import halo_plan, shard_starts  # only this picture needs it
+
+    starts, plan = shard_starts(lengths), halo_plan(lengths, window, dilation)
+    owner = [r for r, n in enumerate(lengths) for _ in range(n)]
+    gap = 2.2  # rows this far apart leave room for the arrows
+
+    def cell(token, rank, own):
+        color = RANK_COLORS[owner[token] % len(RANK_COLORS)]
+        ax.add_patch(mpatches.Rectangle((token - 0.45, rank * gap - 0.45), 0.9, 0.9, facecolor=color, zorder=2,
+                                        edgecolor="black", linestyle="-" if own else "--",
+                                        linewidth=1.2 if own else 0.9, alpha=1 if own else 0.55))
+        ax.text(token, rank * gap, str(token + first), ha="center", va="center", fontsize=9, zorder=3)
+
+    for rank in range(len(lengths)):
+        for token in range(starts[rank], starts[rank + 1]):
+            cell(token, rank, own=True)
+    for t in plan:
+        for token in range(t.start, t.stop):
+            cell(token, t.dst, own=False)
+        src, dst = (t.dst, t.src) if backward else (t.src, t.dst)
+        x = (t.start + t.stop - 1) / 2
+        bend = 0.3 * (abs(src - dst) - 1) * np.sign(dst - src)  # behind the rows in between
+        down = np.sign(dst - src)  # +1: the arrow goes down the picture
+        ax.annotate("", xy=(x, dst * gap - 0.5 * down), xytext=(x, src * gap + 0.5 * down), zorder=1,
+                    arrowprops=dict(arrowstyle="-|>", color="black", linewidth=1.2,
+                                    connectionstyle=f"arc3,rad={bend}"))
+        count = t.stop - t.start
+        what = f"{'dk, dv' if backward else 'k, v'}\n{count} token{'s' * (count > 1)}" if len(lengths) == 2 else count
+        near = (src + dst) / 2 * gap if abs(src - dst) == 1 else src * gap + 0.85 * down  # in the gap by the sender
+        ax.text(x + 0.12, near, what, fontsize=7, va="center", ha="left")
+    ax.set_xlim(-0.7, starts[-1] - 0.3)
+    ax.set_ylim((len(lengths) - 1) * gap + 0.7, -0.7)
+    ax.set_yticks([r * gap for r in range(len(lengths))], [f"rank {r}" for r in range(len(lengths))])
+    ax.set_xticks([])
+    ax.set_aspect("equal")
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    return ax

@@ -277,3 +277,24 @@ def test_torch_export_with_a_dynamic_length(window, step):
     for n in (3, 8, 21):
         inputs = _problem(step * n)
         torch.testing.assert_close(program(*inputs), Attention()(*inputs), rtol=0, atol=0)
+
+
+# Dilations larger than the sequence.
+
+
+def test_a_dilation_past_the_length_leaves_each_token_alone_at_no_cost(monkeypatch):
+    """d >= L: every token alone in its class, for any d (once: a huge d overflowed the index
+    arithmetic, and d = 10**6 made 10**6 classes of padding). The backend sees the L tokens."""
+    import swa_tutorial.attention as attention
+    from swa_tutorial.backends import BACKENDS
+
+    rows = []
+    real = BACKENDS["chunks"]
+    monkeypatch.setattr(attention, "load", lambda name, device: lambda *a: rows.append(a[0].shape[:2]) or real(*a))
+    q, k, v = (randn(2, 7, 3, 4, seed=s) for s in range(3))
+    alone = dense_attention(q, k, v, (0, 0))  # each query attends its own key only
+    assert_close64(alone, v)
+    for d in (7, 8, 10**6, 10**30, [7, 10**6, 10**30]):
+        for fn in (sliding_window_attention, dense_attention, loop_attention):
+            assert_close64(fn(q, k, v, (3, None), dilation=d), alone)
+    assert rows and all(n * L <= 2 * 7 for n, L in rows)  # at most B x L rows: no empty classes

@@ -8,7 +8,7 @@ Every backend is a module with one function
   device, any strides; L, B, H, d, d_v >= 1 (the entry point handles empty sizes).
 * window: (left, right), Python ints clipped to 0 .. L - 1: query i attends key j when
   i - left <= j <= i + right and key j is not padding. Dilation is done around the backend, by
-  residue classes (:mod:`swa_tutorial.attention`).
+  residue classes (``swa_tutorial.attention``).
 * key_padding_mask: None or bool [B, L], True = padding. scale: a finite float.
 * out [B, L, H, d_v] (contiguous) and lse [B, L, H], in the accumulation dtype (float32 for
   half inputs, float64 for float64): lse is the log-sum-exp of the row's allowed scores; a query

@@ -12,7 +12,7 @@ centred on key i + shift; when left + right is odd the band holds one key more t
 ``shift`` rows (row m holds token m + shift, zeros past either end) and run the symmetric
 algorithm: a causal window (w, 0) costs a band of w + 1 or w + 2 columns, not 2w + 1. The
 queries get max(shift, 0) zero rows in front so that every key they need has a row, and the
-length grows by |shift| <= w before it is rounded up to a multiple of w.
+length grows by abs(shift) <= w before it is rounded up to a multiple of w.
 
 torch.export with a dynamic L: the rounding up (a ceiling division of the symbolic L) leaves
 guards the exporter cannot prove, so declare L a multiple of w (``L = w * Dim("n")``, with
@@ -50,17 +50,25 @@ def symmetric_window(left: int, right: int) -> tuple[int, int]:
     return w, right - w
 
 
+def shifted_layout(seq_len: int, left: int, right: int) -> tuple[int, int, int, int]:
+    """(w, shift, lead, Lp): how the window (left, right) is laid out over L tokens.
+
+    Row r of the queries holds token r - lead and row r of the keys token r - lead + shift
+    (zeros where there is no such token): ``lead`` = max(shift, 0) zero rows first, so that the
+    keys the first queries need have rows >= 0. Lp, the number of rows, is L + abs(shift) rounded up
+    to a multiple of w (more than 2w when L > 2w).
+    """
+    w, shift = symmetric_window(left, right)
+    return w, shift, max(shift, 0), (seq_len + abs(shift) + w - 1) // w * w
+
+
 def attend(q, k, v, window, key_padding_mask, scale):
     """q, k [B, L, H, d], v [B, L, H, d_v], window (left, right) -> out [B, L, H, d_v], lse [B, L, H]."""
     left, right = window
     B, L, H, _ = q.shape
-    w, shift = symmetric_window(left, right)
+    w, shift, lead, Lp = shifted_layout(L, left, right)
     if 2 * w >= L:  # the sequence fits in one chunk: that chunk is dense attention, unpadded
         return dense.attend(q, k, v, window, key_padding_mask, scale)
-    # Row r of the queries holds token r - lead and row r of the keys token r - lead + shift:
-    # `lead` zero rows first, so that the keys the first queries need have rows >= 0.
-    lead = max(shift, 0)
-    Lp = (L + abs(shift) + w - 1) // w * w  # the padded length: a multiple of w, > 2w since L > 2w
     acc = accumulation_dtype(q.dtype)
 
     def rows(x, first):  # [B, L, H, d] -> [B*H, Lp, d]: row r holds token r - first, or zeros

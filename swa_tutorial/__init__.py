@@ -12,8 +12,10 @@ The references :func:`dense_attention` and :func:`loop_attention` are the specif
 
 Longformer's global tokens: :func:`longformer_attention` (the window plus tokens that attend to,
 and are attended by, every token; :mod:`swa_tutorial.longformer` also patches Hugging Face's
-Longformer). For generation, :class:`RollingKVCache` keeps the newest keys and values of a causal window;
-:mod:`swa_tutorial.conventions` turns other libraries' window settings into ``(left, right)``.
+Longformer). For generation, :class:`RollingKVCache` keeps the newest keys and values of a causal
+window; :mod:`swa_tutorial.conventions` turns other libraries' window settings into
+``(left, right)``; :mod:`swa_tutorial.distributed` shards a sequence across processes (a halo
+exchange).
 """
 
 from . import conventions
@@ -29,6 +31,16 @@ from .skew import skew, unskew
 from .values import band_times_values, value_chunks
 
 __version__ = "0.2.0"
+
+
+def __getattr__(name):
+    """``swa_tutorial.distributed`` is imported on first use, not with the package, so that
+    ``python -m swa_tutorial.distributed`` runs it fresh."""
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.distributed")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "RollingKVCache",

@@ -1,7 +1,7 @@
 """Step 4c and 5a: the band layout, its invalid ends, and the softmax over it.
 
 The band layout stores, for every query i, the 2w + 1 scores against keys i - w .. i + w:
-``band[..., i, j] = q_i . k_{i + j - w}``. Column w is the diagonal (i against itself). The
+``band[..., i, t] = q_i . k_{i + t - w}``. Column w is the diagonal (i against itself). The
 first w rows reach before token 0 and the last w rows past token L - 1: those cells hold no
 real key and are masked before the softmax, like padded keys.
 """
@@ -19,10 +19,10 @@ from .validation import check_band_width, check_chunk_window, check_int, check_s
 def band_scores(chunk_scores: torch.Tensor) -> torch.Tensor:
     """Assemble the band from the chunked product: [B*H, C, 2w, 2w] -> [B*H, (C + 1) w, 2w + 1].
 
-    Cut the L tokens into C + 1 blocks of w. Block b's queries are the top half of chunk b and
-    the bottom half of chunk b - 1. Chunk b gives them their upper diagonals 1 .. w (their keys
-    reach into block b + 1); chunk b - 1 gives them their lower diagonals -w .. 0 (keys back into
-    block b - 1). Read with :func:`skew`, both halves are views: no padding is needed because
+    Cut the L tokens into C + 1 blocks of w. Block g's queries are the top half of chunk g and
+    the bottom half of chunk g - 1. Chunk g gives them their upper diagonals 1 .. w (their keys
+    reach into block g + 1); chunk g - 1 gives them their lower diagonals -w .. 0 (keys back into
+    block g - 1). Read with :func:`skew`, both halves are views: no padding is needed because
     those diagonals lie wholly inside their chunk. Only the first block (lower diagonals, from
     chunk 0) and the last block (upper diagonals, from chunk C - 1) reach outside the chunk;
     there the skew reads zeros, which are exactly the cells before token 0 and past token L - 1.
@@ -36,8 +36,8 @@ def band_scores(chunk_scores: torch.Tensor) -> torch.Tensor:
     w = two_w // 2
     top, bottom = chunk_scores[:, :, :w], chunk_scores[:, :, w:]  # BH x C x w x 2w each
     band = chunk_scores.new_empty(BH, C + 1, w, 2 * w + 1)  # BH x blocks x w x (2w + 1)
-    band[:, :-1, :, w + 1 :] = skew(top, 1, w)  # block b, diagonals 1..w, from chunk b
-    band[:, 1:, :, : w + 1] = skew(bottom, 0, w + 1)  # block b, diagonals -w..0, from chunk b - 1
+    band[:, :-1, :, w + 1 :] = skew(top, 1, w)  # block g, diagonals 1..w, from chunk g
+    band[:, 1:, :, : w + 1] = skew(bottom, 0, w + 1)  # block g, diagonals -w..0, from chunk g - 1
     band[:, 0, :, : w + 1] = skew(top[:, 0], -w, w + 1)  # first block: keys before token 0 -> 0
     band[:, -1, :, w + 1 :] = skew(bottom[:, -1], w + 1, w)  # last block (C): keys past the end -> 0
     return band.flatten(1, 2)  # BH x L x (2w + 1)
@@ -54,7 +54,7 @@ def band_mask(
 ) -> torch.Tensor:
     """Which band cells hold a real key: bool [B, L', 2w + 1] (B = 1 without a padding mask).
 
-    ``mask[b, i, j]`` is True when key i + shift + j - w lies in 0 .. seq_len - 1 and is not
+    ``mask[b, i, t]`` is True when key i + shift + t - w lies in 0 .. seq_len - 1 and is not
     padding (``key_padding_mask`` bool [B, seq_len], True = padding). ``padded_len`` (default
     seq_len) is the number of rows L' when the sequence was padded at the end: the rows past
     seq_len are queries that will be dropped, and no row may attend to the keys past seq_len.
@@ -69,6 +69,9 @@ def band_mask(
     shift = check_int(shift, "shift", minimum=-w)
     if shift > w:
         raise ValueError(f"shift must lie in -window .. window = -{w} .. {w}, got {shift}")
+    if padded_len == 0:  # no rows
+        batch = 1 if key_padding_mask is None else key_padding_mask.shape[0]
+        return torch.zeros(batch, 0, 2 * w + 1, dtype=torch.bool, device=device)
     if key_padding_mask is None:
         real = torch.ones(1, seq_len, dtype=torch.bool, device=device)
     else:
@@ -91,14 +94,21 @@ def band_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     exactly 0, and a row with no valid cell gets all zeros (never NaN); see
     :func:`swa_tutorial.softmax.masked_softmax`, which also returns each row's log-sum-exp.
     """
+    check_shape(scores, "scores", "[..., L, 2w + 1]", exact_rank=False)
     check_shape(mask, "mask", "[..., L, 2w + 1]", dtype=torch.bool, exact_rank=False)
+    try:
+        fits = torch.broadcast_shapes(mask.shape, scores.shape) == scores.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask must broadcast to the scores' shape {tuple(scores.shape)}, got {tuple(mask.shape)}")
     return masked_softmax(scores, mask)[0]
 
 
 def dense_to_band(dense: torch.Tensor, window: int) -> torch.Tensor:
     """Dense layout to band layout: [..., L, L] -> [..., L, 2w + 1].
 
-    ``band[..., i, j] = dense[..., i, i + j - w]``; cells outside the matrix are 0.
+    ``band[..., i, t] = dense[..., i, i + t - w]``; cells outside the matrix are 0.
     """
     window = check_chunk_window(window)
     check_shape(dense, "dense", "[..., L, L]", exact_rank=False, floating=False)
@@ -118,6 +128,8 @@ def band_to_dense(band: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     ``dense[..., i, k] = band[..., i, k - i + w]`` inside the band ``|i - k| <= w``, ``fill`` outside.
     """
     check_shape(band, "band", "[..., L, 2w + 1]", exact_rank=False, floating=False)
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+        raise TypeError(f"fill must be a real number, got {type(fill).__name__}")
     w = check_band_width(band, "band")
     L = band.shape[-2]
     pos = torch.arange(L, device=band.device)

@@ -32,7 +32,7 @@ def num_chunks(seq_len: int, window: int) -> int:
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """Fold the heads into the batch: [B, L, H, d] -> [B*H, L, d].
 
-    Row b*H + h of the result is head h of batch element b. Heads never interact in attention,
+    Row r = b H + h of the result is head h of batch element b. Heads never interact in attention,
     so from here on each of the B*H rows is an independent single-head problem.
     """
     check_shape(x, "x", "[B, L, H, d]")
@@ -78,10 +78,14 @@ def chunk_scores(q_chunks: torch.Tensor, k_chunks: torch.Tensor) -> torch.Tensor
     """The chunked product: every query of a chunk against every key of the same chunk.
 
     q_chunks, k_chunks: [B*H, C, 2w, d]. Returns [B*H, C, 2w, 2w] with
-    ``out[b, c, x, y] = q[c w + x] . k[c w + y]``.
+    ``out[r, c, x, y] = q[c w + x] . k[c w + y]`` (r the merged row).
     """
     check_shape(q_chunks, "q_chunks", "[B*H, C, 2w, d]")
     check_shape(k_chunks, "k_chunks", "[B*H, C, 2w, d]")
     if q_chunks.shape != k_chunks.shape:
         raise ValueError(f"k_chunks must have the shape of q_chunks {tuple(q_chunks.shape)}, got {tuple(k_chunks.shape)}")
+    if k_chunks.dtype != q_chunks.dtype:
+        raise TypeError(f"k_chunks must have the dtype of q_chunks ({q_chunks.dtype}), got {k_chunks.dtype}")
+    if q_chunks.shape[2] % 2:
+        raise ValueError(f"the chunks must be 2w tokens long, an even number, got {q_chunks.shape[2]}")
     return torch.einsum("bcxd,bcyd->bcxy", q_chunks, k_chunks)  # BH x C x 2w x 2w

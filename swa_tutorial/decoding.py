@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .attention import without_autocast
+from .softmax import accumulation_dtype, masked_softmax
 from .validation import FLOAT_DTYPES, check_int, check_key_padding_mask, check_scale, check_tensor
 
 
@@ -22,16 +24,16 @@ def masked_attention(q, k, v, allowed, scale: float) -> torch.Tensor:
     """Softmax attention of n queries over m keys with a mask: [B, n, H, d_v].
 
     q: [B, n, H, d]; k: [B, m, H, d]; v: [B, m, H, d_v]; allowed: bool [B, n, m], True where
-    query a may attend key j. Scores, softmax and P x V run in float32 for float16/bfloat16 inputs
-    (float64 for float64); a query with no allowed key outputs exactly 0. Returns q's dtype.
+    query a may attend key j. The masked softmax is the package's own
+    (:func:`swa_tutorial.softmax.masked_softmax`): scores, softmax and P x V in float32 for
+    float16/bfloat16 inputs (float64 for float64), and a query with no allowed key outputs exactly
+    0. Returns q's dtype.
     """
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    scores = torch.einsum("bihd,bjhd->bhij", q.to(acc), k.to(acc)) * scale  # B x H x n x m
-    allowed = allowed[:, None]  # B x 1 x n x m
-    sees_a_key = allowed.any(dim=-1, keepdim=True)  # B x 1 x n x 1
-    probs = scores.masked_fill(~(allowed | ~sees_a_key), float("-inf")).softmax(dim=-1)
-    probs = torch.where(sees_a_key, probs, 0.0)  # a query with no key: zeros, not NaN
-    return torch.einsum("bhij,bjhd->bihd", probs, v.to(acc)).to(q.dtype)
+    acc = accumulation_dtype(q.dtype)
+    with without_autocast(q.device):  # the float32 products stay float32 under torch.autocast
+        scores = torch.einsum("bihd,bjhd->bhij", q.to(acc) * scale, k.to(acc))  # B x H x n x m
+        probs, _ = masked_softmax(scores, allowed[:, None])  # B x H x n x m
+        return torch.einsum("bhij,bjhd->bihd", probs, v.to(acc)).to(q.dtype)
 
 
 class RollingKVCache:

@@ -1,4 +1,4 @@
-"""Pictures in the spirit of the seed: small labelled matrices, the band shaded, chunks outlined.
+"""Pictures in the spirit of the source document: small labelled matrices, the band shaded, chunks outlined.
 
 Every function draws onto a matplotlib ``Axes`` it is given and returns it, so the chapters, the
 live explorers and the kernel-free explorers all draw the same pictures. Tensors are accepted
@@ -25,7 +25,7 @@ def as_array(x) -> np.ndarray:
 
 
 def token_names(n: int, first: int = 1) -> list[str]:
-    """Tick labels for n tokens, numbered from ``first`` as in the seed (1 .. n)."""
+    """Tick labels for n tokens, numbered from ``first`` as in the source document (1 .. n)."""
     return [str(i) for i in range(first, first + n)]
 
 
@@ -108,3 +108,106 @@ def score_labels(scores, mask=None) -> np.ndarray:
     if mask is not None:
         text[~as_array(mask).astype(bool)] = ""
     return text
+
+
+def draw_memory(ax, text, colors, *, line: int, row_len: int, runs=(), fontsize=11):
+    """Flat memory, one cell per number, wrapped into lines of ``line`` cells: position p sits in
+    line p // line, column p % line.
+
+    text, colors: [n], one label and one colour (or None) per position. A thick black tick marks
+    where each row of ``row_len`` numbers ends in memory; ``runs`` are (start, length) ranges of
+    positions outlined in black, split where they cross the end of a line.
+    """
+    n = len(text)
+    lines = -(-n // line)
+    pos = np.arange(lines * line).reshape(lines, line)
+    inside = pos < n
+    cell_text = np.where(inside, np.asarray(text, dtype=object)[pos.clip(max=n - 1)], "")
+    cell_colors = np.where(inside, np.asarray(colors, dtype=object)[pos.clip(max=n - 1)], "white")
+    draw_matrix(ax, text=cell_text, colors=cell_colors, fontsize=fontsize,
+                row_names=[str(p) for p in pos[:, 0]], col_names=[f"+{c}" for c in range(line)])
+    for end in range(row_len, n, row_len):  # where a row of the matrix ends
+        ln, col = divmod(end, line)
+        if col:
+            ax.plot([col - 0.5] * 2, [ln - 0.5, ln + 0.5], color="black", linewidth=3, solid_capstyle="butt")
+    for start, length in runs:
+        while length > 0:
+            ln, col = divmod(start, line)
+            piece = min(length, line - col)
+            ax.add_patch(mpatches.Rectangle((col - 0.5, ln - 0.5), piece, 1, fill=False,
+                                            edgecolor="black", linewidth=2.5, zorder=3))
+            start, length = start + piece, length - piece
+    return ax
+
+
+def mark_row_ranges(ax, ranges, labels, *, width=0.9, fontsize=11):
+    """Coloured bars right of a matrix drawn on ``ax``, one per (first, last) range of its rows.
+
+    Bar k spans rows first .. last in ``CHUNK_COLORS[k]`` with ``labels[k]`` written beside it,
+    upright, so that neighbouring labels never collide. The bars live in an inset axes right of
+    ``ax`` (``width`` is its width as a fraction of ``ax``'s), which follows ``ax`` wherever the
+    layout puts it.
+    """
+    bars = ax.inset_axes((1.03, 0, width, 1))
+    bars.set_ylim(ax.get_ylim())
+    bars.set_xlim(0, len(ranges))
+    bars.axis("off")
+    for k, ((first, last), label) in enumerate(zip(ranges, labels)):
+        color = CHUNK_COLORS[k % len(CHUNK_COLORS)]
+        bars.plot([k + 0.25] * 2, [first - 0.4, last + 0.4], color=color, linewidth=5, solid_capstyle="butt")
+        bars.text(k + 0.45, (first + last) / 2, label, rotation=90, ha="left", va="center", color=color,
+                  fontsize=fontsize)
+    return bars
+
+
+RANK_COLORS = ("#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fc9272", "#c7c7c7")  # one per rank, cycled
+
+
+def draw_halo(ax, lengths, window, *, dilation=1, backward=False, first=1):
+    """The halo exchange of :mod:`swa_tutorial.distributed`: who sends which tokens to whom.
+
+    One row per rank, holding its [left halo | shard | right halo] at the tokens' positions
+    (numbered from ``first``): its own tokens with a solid edge, the halo's dashed, each token
+    coloured by the rank that owns it. One arrow per transfer of
+    :func:`~swa_tutorial.distributed.halo_plan`, from the owner to the receiver, marked with the
+    keys and values it carries (for more than two ranks, only how many tokens); ``backward``
+    reverses them: the halo's gradients going home.
+    """
+    from .distributed import halo_plan, shard_starts  # only this picture needs it
+
+    starts, plan = shard_starts(lengths), halo_plan(lengths, window, dilation)
+    owner = [r for r, n in enumerate(lengths) for _ in range(n)]
+    gap = 2.2  # rows this far apart leave room for the arrows
+
+    def cell(token, rank, own):
+        color = RANK_COLORS[owner[token] % len(RANK_COLORS)]
+        ax.add_patch(mpatches.Rectangle((token - 0.45, rank * gap - 0.45), 0.9, 0.9, facecolor=color, zorder=2,
+                                        edgecolor="black", linestyle="-" if own else "--",
+                                        linewidth=1.2 if own else 0.9, alpha=1 if own else 0.55))
+        ax.text(token, rank * gap, str(token + first), ha="center", va="center", fontsize=9, zorder=3)
+
+    for rank in range(len(lengths)):
+        for token in range(starts[rank], starts[rank + 1]):
+            cell(token, rank, own=True)
+    for t in plan:
+        for token in range(t.start, t.stop):
+            cell(token, t.dst, own=False)
+        src, dst = (t.dst, t.src) if backward else (t.src, t.dst)
+        x = (t.start + t.stop - 1) / 2
+        bend = 0.3 * (abs(src - dst) - 1) * np.sign(dst - src)  # behind the rows in between
+        down = np.sign(dst - src)  # +1: the arrow goes down the picture
+        ax.annotate("", xy=(x, dst * gap - 0.5 * down), xytext=(x, src * gap + 0.5 * down), zorder=1,
+                    arrowprops=dict(arrowstyle="-|>", color="black", linewidth=1.2,
+                                    connectionstyle=f"arc3,rad={bend}"))
+        count = t.stop - t.start
+        what = f"{'dk, dv' if backward else 'k, v'}\n{count} token{'s' * (count > 1)}" if len(lengths) == 2 else count
+        near = (src + dst) / 2 * gap if abs(src - dst) == 1 else src * gap + 0.85 * down  # in the gap by the sender
+        ax.text(x + 0.12, near, what, fontsize=7, va="center", ha="left")
+    ax.set_xlim(-0.7, starts[-1] - 0.3)
+    ax.set_ylim((len(lengths) - 1) * gap + 0.7, -0.7)
+    ax.set_yticks([r * gap for r in range(len(lengths))], [f"rank {r}" for r in range(len(lengths))])
+    ax.set_xticks([])
+    ax.set_aspect("equal")
+    for side in ("top", "right", "bottom", "left"):
+        ax.spines[side].set_visible(False)
+    return ax

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from .validation import check_key_padding_mask, check_qkv, check_scale, check_token_mask
-from .windows import check_dilation, check_window, clip_window, window_mask
+from .windows import check_dilation, check_window, clip_dilation, clip_window, window_mask
 
 
 def dense_band_mask(seq_len: int, window, device=None, *, dilation: int = 1) -> torch.Tensor:
@@ -94,6 +94,7 @@ def loop_attention(q, k, v, window, *, key_padding_mask=None, scale=None, dilati
     B, L, H, _ = q.shape
     out = v.new_zeros(B, L, H, v.shape[-1])
     for h, d in enumerate(dilations):
+        d = clip_dilation(d, L)  # the same keys; no overflow for a huge d
         left, right = clip_window(window, L - 1)
         for i in range(L):
             keys = torch.arange(i - left * d, i + right * d + 1, d)

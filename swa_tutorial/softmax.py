@@ -72,6 +72,4 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.T
     cell has probs 0 and lse = -inf. Differentiable through both outputs.
     """
     x = scores.to(accumulation_dtype(scores.dtype))
-    if torch.broadcast_shapes(allowed.shape, x.shape) != x.shape:
-        raise ValueError(f"allowed {tuple(allowed.shape)} must broadcast to the scores {tuple(x.shape)}")
-    return _MaskedSoftmax.apply(x, allowed)
+    return _MaskedSoftmax.apply(x, allowed)  # (the mask stays as small as it came: it broadcasts)

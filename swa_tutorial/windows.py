@@ -14,7 +14,7 @@ each d tokens apart. The forms a caller may write:
 * ``dilation``: an int d >= 1 for every head, or a sequence of H ints, one per head (the
   Longformer paper gives its heads different dilations).
 
-This module only describes windows; :mod:`swa_tutorial.reference` attends through them.
+This module only describes windows; ``swa_tutorial.reference`` attends through them.
 """
 
 from __future__ import annotations
@@ -93,6 +93,16 @@ def clip_window(window: tuple[Side, Side], reach: int) -> tuple[int, int]:
     return tuple(reach if side is None or side > reach else side for side in window)  # type: ignore[return-value]
 
 
+def clip_dilation(dilation: int, seq_len: int) -> int:
+    """``dilation``, or L when it is larger: the same attention, with no class that holds nothing.
+
+    Two tokens of L are at most L - 1 apart, so with d >= L only j - i = 0 is a multiple of d:
+    every token is alone in its class, for d = L as for any larger d. A larger d would only add
+    empty classes (and overflow the index arithmetic for a huge one).
+    """
+    return dilation if dilation <= seq_len else max(seq_len, 1)
+
+
 def window_size(window: tuple[Side, Side]) -> int | None:
     """How many keys a query sees away from the ends: left + right + 1 (None if unbounded)."""
     left, right = window
@@ -110,7 +120,18 @@ def window_mask(seq_len: int, window, device=None, *, dilation: int = 1) -> torc
     if not is_int(seq_len) or seq_len < 0:
         raise ValueError(f"seq_len must be an int >= 0, got {seq_len!r}")
     (d,) = check_dilation(dilation, 1)
-    left, right = clip_window(check_window(window), seq_len)  # no overflow for huge windows
+    d = clip_dilation(d, seq_len)  # no overflow for huge dilations
+    return offsets_mask(seq_len, clip_window(check_window(window), seq_len), d, device)  # nor huge windows
+
+
+def offsets_mask(seq_len, window: tuple[int, int], dilation: int = 1, device=None) -> torch.Tensor:
+    """:func:`window_mask` for a checked, clipped ``(left, right)``: bool [L, L], no validation.
+
+    For the backends, whose lengths and sides may be symbolic sizes under torch.export.
+    """
+    left, right = window
     pos = torch.arange(seq_len, device=device)
     offset = pos[None, :] - pos[:, None]  # L x L: j - i
-    return (offset % d == 0) & (offset >= -left * d) & (offset <= right * d)
+    if dilation == 1:
+        return (offset >= -left) & (offset <= right)
+    return (offset % dilation == 0) & (offset >= -left * dilation) & (offset <= right * dilation)

@@ -1,15 +1,19 @@
 """The benchmark harness: its arithmetic, its correctness check, its records. No timing is asserted."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from swa_tutorial import dense_band_mask, sliding_window_attention
+from swa_tutorial import dense_attention, dense_band_mask, sliding_window_attention
 from swa_tutorial.bench import IMPLEMENTATIONS, band_pairs, check, lean_band_mask, query_slices, sweep, table, useful_flops, write
+from swa_tutorial.bench import __main__ as cli
+from swa_tutorial.bench import device_check
 from swa_tutorial.bench.implementations import Implementation
-from swa_tutorial.bench.sweep import SCHEMA, run_config, run_isolated
+from swa_tutorial.bench.measure import compare, resolve_device
+from swa_tutorial.bench.sweep import SCHEMA, cpu_info, run_config, run_isolated
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data"
 
@@ -76,6 +80,37 @@ def test_the_slice_check_catches_a_wrong_gradient():
     assert not check(out.detach(), q, k, v, 3, g)["ok"]
 
 
+def test_the_full_attention_check_accepts_full_attention_and_its_gradients():
+    """window=None: every query sees every key; the reference runs over blocks of queries."""
+    q, k, v = _qkv(2, 600, 2, 4, grad=True)
+    g = torch.randn(2, 600, 2, 4, dtype=torch.float64)
+    out = dense_attention(q, k, v, (None, None))
+    out.backward(g)
+    result = check(out.detach(), q, k, v, None, g)
+    assert result["ok"] and result["max_rel_err"] < 1e-12
+    assert [a for a, _ in result["slices"]] == [0, 172, 344]  # 256 queries at the start, middle, end
+
+
+@pytest.mark.parametrize("where", ["out", "k.grad"])
+def test_the_full_attention_check_catches_a_wrong_output_or_key_gradient(where):
+    q, k, v = _qkv(1, 600, 2, 4, grad=True)
+    g = torch.randn(1, 600, 2, 4, dtype=torch.float64)
+    out = dense_attention(q, k, v, (None, None))
+    out.backward(g)
+    out = out.detach()
+    (out if where == "out" else k.grad)[0, 300, 1, 2] += 1e-3  # a row in the middle slice
+    assert not check(out, q, k, v, None, g)["ok"]
+    assert check(out, q, k, v, 8, g)["ok"] is False  # and it is no band either
+
+
+def test_compare_says_when_a_difference_is_within_the_spread():
+    # quartiles of [1, 2, 3, 4, 5] are 2, 3, 4; of [10, 20, 30, 40, 50] 20, 30, 40
+    same = compare([1, 2, 3, 4, 5], [1, 2, 3, 4, 5])
+    assert same == {"ratio": 1.0, "low": 0.5, "high": 2.0, "within_noise": True}
+    apart = compare([10, 20, 30, 40, 50], [1, 2, 3, 4, 5])
+    assert apart == {"ratio": 10.0, "low": 5.0, "high": 20.0, "within_noise": False}
+
+
 def _spec(impl, **kw):
     spec = dict(impl=impl, dtype="float64", mode="fwd", L=48, B=1, H=2, d=8, w=8, device="cpu", seed=0,
                 threads=1, min_time=0.0, min_reps=2, loop_max_len=64)
@@ -90,6 +125,19 @@ def test_a_configuration_is_checked_then_timed(impl, mode):
     assert r["check"]["ok"] and r["check"]["tolerance"] == 1e-10
     assert len(r["times_s"]) >= 2 and r["median_s"] > 0 and r["iqr_s"] >= 0
     assert r["useful_flops"] == useful_flops(1, 2, 48, 8, 8, backward=mode == "fwd+bwd")
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_sdpa_without_a_mask_is_checked_as_full_attention_and_its_backend_recorded(mode):
+    r = run_config(_spec("dense_sdpa_nomask", mode=mode, L=300))
+    assert r["status"] == "ok", r
+    assert r["check"]["ok"] and r["check"]["max_rel_err"] < 1e-10
+    assert r["sdpa_backend"] in {"FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"}
+
+
+def test_dense_sdpa_records_its_backend():
+    r = run_config(_spec("dense_sdpa", dtype="float32"))
+    assert r["status"] == "ok" and r["sdpa_backend"] in {"FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"}
 
 
 def test_what_cannot_run_is_recorded_with_its_reason():
@@ -122,7 +170,24 @@ def test_a_sweep_document_has_its_schema_and_survives_json(tmp_path):
     assert json.loads(path.read_text()) == json.loads(json.dumps(doc))
     _assert_schema(doc)
     assert len(doc["results"]) == 8 and all(r["status"] == "ok" for r in doc["results"])
-    assert len(table(doc).splitlines()) == 1 + len(doc["results"])
+    rows = table(doc).splitlines()
+    assert len(rows) == 1 + 2 * 2 + len(doc["results"]) + 1  # shape, 2 x (title, head), rows, backend
+    assert max(map(len, rows)) <= 76
+
+
+def test_the_table_says_why_a_configuration_was_not_timed():
+    doc = sweep(lengths=[16, 40], impls=["swa", "loop"], B=1, H=1, d=4, window=4, threads=1, min_time=0.0,
+                min_reps=2, loop_max_len=20, isolate=False, peak_n=64)
+    text = table(doc)
+    assert max(map(len, text.splitlines())) <= 76
+    assert "loop (fwd, float32) at L = 40: unsupported: the loop runs only for L <= 20 (--loop-max-len)" in " ".join(text.split())
+
+
+def test_the_provenance_names_the_cpu():
+    info = cpu_info()
+    assert info["cpu"] and isinstance(info["cpu_vector_extensions"], list)
+    if Path("/proc/cpuinfo").exists():
+        assert "family" in info["cpu_id"] and isinstance(info["virtual_machine"], bool)
 
 
 def _assert_schema(doc):
@@ -144,7 +209,23 @@ def _assert_schema(doc):
             assert r["reason"]
 
 
-@pytest.mark.parametrize("path", sorted(DATA.glob("*.json")), ids=lambda p: p.name)
+def _schema_of(path):
+    return json.loads(path.read_text()).get("schema")
+
+
+# book/data also holds the files of other benchmarks (each checked by its own tests), told apart
+# by their "schema"; the benchmarks chapter reads only this harness's files.
+BENCH_FILES = [p for p in sorted(DATA.glob("*.json")) if _schema_of(p) == SCHEMA]
+
+
+def test_every_committed_result_file_names_a_known_schema():
+    from swa_tutorial.bench import sequence_parallel
+
+    known = {SCHEMA, sequence_parallel.SCHEMA}
+    assert BENCH_FILES and {p.name: _schema_of(p) for p in DATA.glob("*.json") if _schema_of(p) not in known} == {}
+
+
+@pytest.mark.parametrize("path", BENCH_FILES, ids=lambda p: p.name)
 def test_committed_result_files_follow_the_schema(path):
     _assert_schema(json.loads(path.read_text()))
 
@@ -156,3 +237,78 @@ def test_device_check_passes_on_the_cpu():
     worst = check("cpu")
     assert set(worst) == {str(t) for t in TOLERANCES}
     assert all(worst[str(t)] < tol for t, tol in TOLERANCES.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# The command lines: python -m swa_tutorial.bench and python -m swa_tutorial.bench.device_check
+
+TINY = ["-L", "16", "24", "-H", "1", "-d", "4", "-w", "4", "--impls", "swa", "loop", "--loop-max-len", "20",
+        "--min-time", "0", "--min-reps", "2", "--in-process", "--threads", "1"]
+
+
+def test_bench_help_shows_every_default_and_a_quick_configuration(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.parse_args(["--help"])
+    assert stop.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("(default: cpu)", "(default: float32)", "(default: fwd)", "(default: 1024 2048 4096)",
+                  "(default: 256)", "(default: 12)", "(default: 64)", "(default: 1)", "(default: 3)", "(default: 4096)",
+                  "(default: 0.75)", "(default: all;", "written only with -o/--out", "A quick first run"):
+        assert shown in text, shown
+    defaults = cli.parse_args([])
+    assert (defaults.device, defaults.dtypes, defaults.modes, defaults.lengths) == ("cpu", ["float32"], ["fwd"], [1024, 2048, 4096])
+    assert (defaults.window, defaults.B, defaults.H, defaults.d, defaults.min_time, defaults.min_reps) == (256, 1, 12, 64, 1.0, 3)
+    assert (defaults.loop_max_len, defaults.memory_fraction, defaults.out) == (4096, 0.75, None)
+
+
+def test_bench_without_tqdm_reports_each_configuration_and_writes_no_file(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm raises ImportError
+    monkeypatch.chdir(tmp_path)
+    cli.main(TINY)
+    out, err = capsys.readouterr()
+    out = " ".join(out.split())
+    assert "tqdm is not installed" in err
+    assert "[1/4] swa L=16 float32 fwd" in err and "[4/4] loop L=24 float32 fwd" in err
+    assert "loop (fwd, float32) at L = 24: unsupported: the loop runs only for L <= 20" in out
+    assert "no JSON file written: pass -o FILE" in out and not list(tmp_path.iterdir())
+
+
+def test_bench_writes_json_only_with_out(capsys, tmp_path):
+    cli.main(TINY + ["--no-progress", "-o", str(tmp_path / "run.json")])
+    assert f"results written to {tmp_path / 'run.json'}" in capsys.readouterr().out
+    _assert_schema(json.loads((tmp_path / "run.json").read_text()))
+
+
+def test_bench_progress_bar_names_the_configuration(capsys):
+    pytest.importorskip("tqdm")
+    report = cli.progress_reporter()
+    report(0, 2, "flex L=4096 bfloat16 fwd")
+    report(1, 2, "swa L=8192 bfloat16 fwd")
+    report(2, 2, None)
+    err = capsys.readouterr().err
+    assert "flex L=4096 bfloat16 fwd" in err and "swa L=8192 bfloat16 fwd" in err and "2/2" in err
+
+
+@pytest.mark.parametrize("command", ["bench", "device_check"])
+def test_cuda_that_is_not_there_is_a_message_not_a_traceback(command, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    main = cli.main if command == "bench" else device_check.main
+    with pytest.raises(SystemExit) as stop:
+        main(["--device", "cuda"])
+    assert stop.value.code not in (0, None)
+    message = f"{stop.value.code if isinstance(stop.value.code, str) else ''}{capsys.readouterr().err}"
+    assert "--device cuda: CUDA is not available" in message and "use --device cpu" in message
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "meta"])
+def test_a_device_that_is_not_measured_is_refused_by_name(name):
+    with pytest.raises(ValueError, match="--device"):
+        resolve_device(name)
+
+
+def test_device_check_help_describes_it(capsys):
+    with pytest.raises(SystemExit):
+        device_check.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "against float64 dense attention" in text and "the device to check: cuda, cuda:1" in text
+    assert "(default: cuda)" in text

@@ -1,8 +1,10 @@
-"""The rolling key/value cache against dense attention with the causal window (left, 0).
+"""The rolling key/value cache against attention with the causal window (left, 0).
 
-Token by token, prefill then steps, the cache must give what float64 dense attention gives over
-the whole sequence (the prompt's padding mask included), for prompts of 0 to several windows and
-generations past several windows, while its storage stays where it was allocated.
+Token by token, prefill then steps, the cache must give what the entry point
+``sliding_window_attention(q, k, v, (left, 0))`` (the chunks and dense backends) and float64 dense
+attention give over the whole sequence (the prompt's padding mask included), for prompts of 0 to
+several windows and generations past several windows, while its storage stays where it was
+allocated.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cases import assert_close64
-from swa_tutorial import RollingKVCache, dense_attention
+from swa_tutorial import RollingKVCache, dense_attention, sliding_window_attention
+from swa_tutorial.backends import BACKENDS
 
 
 def random_sequence(B, L, H, d, dv, seed, dtype=torch.float64):
@@ -51,7 +54,7 @@ def generations(draw):
 
 
 @given(generations())
-def test_the_cache_is_dense_attention_token_by_token(case):
+def test_the_cache_is_the_entry_point_token_by_token(case):
     B, H, d, dv, left, T = (case[k] for k in ("batch", "heads", "head_dim", "value_dim", "left", "prompt_len"))
     L = T + case["steps"]
     q, k, v = random_sequence(B, L, H, d, dv, case["seed"])
@@ -59,12 +62,14 @@ def test_the_cache_is_dense_attention_token_by_token(case):
     if case["padded"]:  # left padding, a different amount per row (up to the whole prompt)
         pads = torch.randint(0, T + 1, (B, 1), generator=torch.Generator().manual_seed(case["seed"]))
         padding[:, :T] = torch.arange(T) < pads
-    expected = dense_attention(q, k, v, (left, 0), key_padding_mask=padding, scale=case["scale"])
+    kwargs = dict(key_padding_mask=padding, scale=case["scale"])
 
     cache = RollingKVCache(left, batch=B, heads=H, head_dim=d, value_dim=dv, dtype=torch.float64, scale=case["scale"])
     before = storage(cache)
     out = generate(cache, q, k, v, T, padding[:, :T] if case["padded"] else None)
-    assert_close64(out, expected, tol=1e-12)
+    for backend in sorted(set(BACKENDS) - {"triton"}):  # (triton, interpreted here, is slow)
+        assert_close64(out, sliding_window_attention(q, k, v, (left, 0), backend=backend, **kwargs), tol=1e-12)
+    assert_close64(out, dense_attention(q, k, v, (left, 0), **kwargs), tol=1e-12)
     assert storage(cache) == before  # written in place, never reallocated
     assert cache.keys.shape == (B, left + 1, H, d) and cache.values.shape == (B, left + 1, H, dv)
     newest = list(range(max(0, L - left - 1), L))  # the cache holds the newest left + 1 tokens

@@ -39,6 +39,7 @@ def test_int_window_is_the_symmetric_band(L, w):
 def test_huge_windows_do_not_overflow():
     assert dense_band_mask(4, 2**63).all()
     assert window_mask(4, (2**70, 0)).equal(torch.ones(4, 4, dtype=torch.bool).tril())
+    assert window_mask(4, (2**70, 2**70), dilation=10**30).equal(torch.eye(4, dtype=torch.bool))
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ Every backend is a module with one function
   device, any strides; L, B, H, d, d_v >= 1 (the entry point handles empty sizes).
 * window: (left, right), Python ints clipped to 0 .. L - 1: query i attends key j when
   i - left <= j <= i + right and key j is not padding. Dilation is done around the backend, by
-  residue classes (:mod:`swa_tutorial.attention`).
+  residue classes (``swa_tutorial.attention``).
 * key_padding_mask: None or bool [B, L], True = padding. scale: a finite float.
 * out [B, L, H, d_v] (contiguous) and lse [B, L, H], in the accumulation dtype (float32 for
   half inputs, float64 for float64): lse is the log-sum-exp of the row's allowed scores; a query
@@ -17,16 +17,19 @@ Every backend is a module with one function
 The backends, each tested against the float64 dense reference:
 
 * ``"chunks"``: the book's algorithm, Longformer's overlapping chunks (:mod:`.chunks`);
-* ``"dense"``: the whole L x L matrix (:mod:`.dense`), for short sequences.
+* ``"dense"``: the whole L x L matrix (:mod:`.dense`), for short sequences;
+* ``"triton"``: a fused Triton kernel, forward and backward, that never stores the band
+  (:mod:`.triton_kernel`): CUDA tensors, or CPU tensors under Triton's interpreter
+  (TRITON_INTERPRET=1). Triton is imported only when it runs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import chunks, dense
+from . import chunks, dense, triton_kernel
 
-BACKENDS = {"chunks": chunks.attend, "dense": dense.attend}
+BACKENDS = {"chunks": chunks.attend, "dense": dense.attend, "triton": triton_kernel.attend}
 CHOICES = ("auto", *BACKENDS)
 
 

@@ -12,12 +12,14 @@ centred on key i + shift; when left + right is odd the band holds one key more t
 ``shift`` rows (row m holds token m + shift, zeros past either end) and run the symmetric
 algorithm: a causal window (w, 0) costs a band of w + 1 or w + 2 columns, not 2w + 1. The
 queries get max(shift, 0) zero rows in front so that every key they need has a row, and the
-length grows by |shift| <= w before it is rounded up to a multiple of w.
+length grows by abs(shift) <= w before it is rounded up to a multiple of w.
 
 torch.export with a dynamic L: the rounding up (a ceiling division of the symbolic L) leaves
 guards the exporter cannot prove, so declare L a multiple of w (``L = w * Dim("n")``, with
-n >= 3), as a model that pads its batches to a multiple of the window does; then every length
-exports into one program. torch.compile has no such limit (it recompiles when it must).
+n >= 4; with a dilation d, of w d), as a model that pads its batches to a multiple of the window
+does; then every length exports into one program. Windows that reach the dense path (beyond the
+sequence, or None on a side) export for any L. torch.compile has no such limit (it recompiles
+when it must).
 
 Scores, softmax and P x V are computed in float32 for half inputs (the accumulation dtype of
 :mod:`swa_tutorial.softmax`): q and k are converted before the chunked product, so no score is
@@ -33,6 +35,7 @@ from ..band import band_mask, band_scores
 from ..chunks import chunk, chunk_scores, merge_heads, split_heads
 from ..softmax import accumulation_dtype, masked_softmax
 from ..values import band_times_values
+from ..validation import check_chunk_window, check_int
 from . import dense
 
 
@@ -41,26 +44,37 @@ def padded_length(seq_len: int, window: int) -> int:
 
     The chunk view needs no more than that (Longformer's own code pads to a multiple of 2w).
     """
+    seq_len, window = check_int(seq_len, "seq_len"), check_chunk_window(window)
     return max(2 * window, -(-seq_len // window) * window)
 
 
 def symmetric_window(left: int, right: int) -> tuple[int, int]:
     """(w, shift): the symmetric window about a shifted diagonal that holds (left, right)."""
-    w = max(1, -(-(left + right) // 2))
+    w = max(1, (left + right + 1) // 2)  # ceil((left + right) / 2), at least 1
     return w, right - w
+
+
+def shifted_layout(seq_len: int, left: int, right: int) -> tuple[int, int, int, int]:
+    """(w, shift, lead, Lp): how the window (left, right) is laid out over L tokens.
+
+    Row r of the queries holds token r - lead and row r of the keys token r - lead + shift
+    (zeros where there is no such token): ``lead`` = max(shift, 0) zero rows first, so that the
+    keys the first queries need have rows >= 0. Lp, the number of rows, is L + abs(shift) rounded up
+    to a multiple of w (more than 2w when L > 2w).
+    """
+    w, shift = symmetric_window(left, right)
+    return w, shift, max(shift, 0), (seq_len + abs(shift) + w - 1) // w * w
 
 
 def attend(q, k, v, window, key_padding_mask, scale):
     """q, k [B, L, H, d], v [B, L, H, d_v], window (left, right) -> out [B, L, H, d_v], lse [B, L, H]."""
     left, right = window
     B, L, H, _ = q.shape
-    w, shift = symmetric_window(left, right)
-    if 2 * w >= L:  # the sequence fits in one chunk: that chunk is dense attention, unpadded
+    w, shift, lead, Lp = shifted_layout(L, left, right)
+    # A side that reaches the whole sequence, the sequence in one chunk (that chunk is dense
+    # attention), or a padded band with more cells than the L x L matrix: dense attention.
+    if max(left, right) >= L - 1 or 2 * w >= L or Lp * (2 * w + 1) >= L * L:
         return dense.attend(q, k, v, window, key_padding_mask, scale)
-    # Row r of the queries holds token r - lead and row r of the keys token r - lead + shift:
-    # `lead` zero rows first, so that the keys the first queries need have rows >= 0.
-    lead = max(shift, 0)
-    Lp = (L + abs(shift) + w - 1) // w * w  # the padded length: a multiple of w, > 2w since L > 2w
     acc = accumulation_dtype(q.dtype)
 
     def rows(x, first):  # [B, L, H, d] -> [B*H, Lp, d]: row r holds token r - first, or zeros

@@ -9,7 +9,7 @@ to one JSON file per run (the book's benchmark chapter plots the committed ones)
 
 from .check import check, query_slices
 from .implementations import IMPLEMENTATIONS, lean_band_mask
-from .measure import band_pairs, useful_flops
+from .measure import band_pairs, compare, useful_flops
 from .sweep import sweep, table, write
 
-__all__ = ["IMPLEMENTATIONS", "band_pairs", "check", "lean_band_mask", "query_slices", "sweep", "table", "useful_flops", "write"]
+__all__ = ["IMPLEMENTATIONS", "band_pairs", "check", "compare", "lean_band_mask", "query_slices", "sweep", "table", "useful_flops", "write"]

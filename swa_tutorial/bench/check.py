@@ -8,6 +8,10 @@ window further: the gradient of key j collects from queries j - w .. j + w, whos
 j - 2w .. j + 2w, so the gradients of tokens a .. b - 1 come exactly from the sub-sequence
 a - 2w .. b + 2w - 1 (with the same output gradient on it). The slices sit at the start, the
 middle and the end of the sequence: the two ends are where the band's invalid corners are.
+
+Full attention (``window=None``: every query sees every key, what SDPA computes without a mask)
+has no such sub-sequence: its reference takes the queries of each slice against all L keys, and
+for the gradients every query, in blocks (each key's gradient collects from every query).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ..reference import dense_attention
 # Largest error allowed, relative to the largest reference value: float64 is exact up to rounding,
 # the others are bounded by their rounding (float32 about 1e-7, float16 1e-3, bfloat16 8e-3).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+FULL_BLOCK = 256  # queries per block of the full-attention reference (B H 256 L numbers at a time)
 
 
 def query_slices(seq_len: int, window: int) -> list[tuple[int, int]]:
@@ -41,18 +46,45 @@ def _reference(q, k, v, g, window, a, b, reach):
     return [out[:, rows].detach()] + [x.grad[:, rows] for x in sub]
 
 
+def _full_reference(q, k, v, g, slices):
+    """Float64 full attention (no window) on the checked slices: per slice [out], or with g
+    [out, q.grad, k.grad, v.grad]."""
+    scale = q.shape[-1] ** -0.5
+    k64, v64 = (x.detach().double().requires_grad_(g is not None) for x in (k, v))
+
+    def rows(a, b):  # the outputs (and with g the q gradients) of queries a .. b - 1
+        qb = q[:, a:b].detach().double().requires_grad_(g is not None)
+        probs = (torch.einsum("bihd,bjhd->bhij", qb, k64) * scale).softmax(dim=-1)  # B x H x n x L
+        out = torch.einsum("bhij,bjhd->bihd", probs, v64)
+        if g is None:
+            return [out.detach()]
+        out.backward(g[:, a:b].double())  # adds this block's share to k64.grad and v64.grad
+        return [out.detach(), qb.grad]
+
+    if g is None:
+        return [rows(a, b) for a, b in slices]
+    L = q.shape[1]
+    out, q_grad = (torch.cat(parts, dim=1) for parts in zip(*(rows(a, a + FULL_BLOCK) for a in range(0, L, FULL_BLOCK))))
+    return [[out[:, a:b], q_grad[:, a:b], k64.grad[:, a:b], v64.grad[:, a:b]] for a, b in slices]
+
+
 def check(out, q, k, v, window, grad_out=None) -> dict:
     """Compare ``out`` [B, L, H, d] (and, with ``grad_out``, q.grad, k.grad, v.grad) with float64.
 
+    ``window``: the one-sided window w, or None for full attention (every query sees every key).
     Returns {"max_rel_err", "tolerance", "ok", "slices"}: the largest |result - reference| over
     the checked slices divided by the largest |reference| value of its tensor.
     """
     L = q.shape[1]
-    reach = window if grad_out is None else 2 * window
     worst = 0.0
-    slices = query_slices(L, window)
-    for a, b in slices:
-        refs = _reference(q, k, v, grad_out, window, a, b, reach)
+    if window is None:
+        slices = query_slices(L, FULL_BLOCK // 2)
+        all_refs = _full_reference(q, k, v, grad_out, slices)
+    else:
+        slices = query_slices(L, window)
+        reach = window if grad_out is None else 2 * window
+        all_refs = [_reference(q, k, v, grad_out, window, a, b, reach) for a, b in slices]
+    for (a, b), refs in zip(slices, all_refs):
         got = [out] if grad_out is None else [out, q.grad, k.grad, v.grad]
         for x, ref in zip(got, refs):
             err = ((x[:, a:b].double() - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()

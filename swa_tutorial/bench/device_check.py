@@ -15,6 +15,7 @@ import torch
 from ..attention import sliding_window_attention
 from ..reference import dense_attention
 from .check import TOLERANCE
+from .measure import resolve_device
 
 # The tolerances of the check before every timing, for the dtypes a GPU runs.
 TOLERANCES = {dtype: TOLERANCE[dtype] for dtype in (torch.float32, torch.float16, torch.bfloat16)}
@@ -43,8 +44,24 @@ def check(device: str, seed: int = 0) -> dict[str, float]:
     return worst
 
 
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m swa_tutorial.bench.device_check",
+        description="Check sliding_window_attention on a device (a GPU) against float64 dense attention "
+        "computed on the CPU: random inputs with key padding (some queries see only padding), "
+        "float32, float16 and bfloat16, outputs and gradients. Prints the worst error per dtype, "
+        "or stops at the first configuration beyond its tolerance. Nothing is timed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--device", default="cuda", help="the device to check: cuda, cuda:1, ... (cpu runs the same check)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.exit(1, f"{parser.prog}: {error}\n")
+    print(f"{device} check passed; max error / max|v| per dtype:", check(str(device), args.seed))
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m swa_tutorial.bench.device_check")
-    parser.add_argument("--device", default="cuda")
-    args = parser.parse_args()
-    print(f"{args.device} check passed; max error / max|v| per dtype:", check(args.device))
+    main()

@@ -6,6 +6,11 @@ depends only on the shape (the dense band mask, FlexAttention's block mask), onc
 would cache it across layers: its time is not counted, its memory is. ``attend(q, k, v, w,
 state)`` is the call that is timed. ``load(H, d, w)`` runs before anything is measured: imports
 and objects that are no part of the computation (Hugging Face's layer module).
+
+One implementation computes something else on purpose: ``dense_sdpa_nomask`` is SDPA without a
+mask, full attention (every query sees every key). It is no way to compute the band; it shows
+what dense SDPA itself costs without its L x L mask (the least memory dense attention can need),
+and it is checked against float64 full attention.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ class Implementation:
     prepare: Callable = lambda L, w, device: None  # (L, w, device) -> state
     load: Callable = lambda H, d, w: None  # (H, d, w) -> None, before any measurement
     compiled: bool = False  # the first call compiles; its time is reported separately
+    full_attention: bool = False  # computes attention to every key (no window): checked as such
+    sdpa_backend: Callable | None = None  # (q, k, v, state) -> the SDPA backend the call runs
     needs: str | None = None  # a module that must be importable
     whole_chunks: bool = False  # L must be a multiple of 2w
 
@@ -53,6 +60,22 @@ def _heads_first(x):  # [B, L, H, d] -> [B, H, L, d], a view
 def _dense_sdpa(q, k, v, w, mask):
     out = F.scaled_dot_product_attention(*map(_heads_first, (q, k, v)), attn_mask=mask)
     return out.transpose(1, 2)  # B x L x H x d
+
+
+def sdpa_backend(q, k, v, mask) -> str | None:
+    """The backend PyTorch's dispatcher picks for SDPA on these [B, L, H, d] inputs and mask:
+    FLASH_ATTENTION, EFFICIENT_ATTENTION, CUDNN_ATTENTION or MATH (None if this torch cannot say).
+
+    It asks ``torch._fused_sdp_choice``, the dispatcher's own choice function (private, so it is
+    used only to record, never to decide anything).
+    """
+    try:
+        from torch.nn.attention import SDPBackend
+
+        choice = torch._fused_sdp_choice(*map(_heads_first, (q, k, v)), mask, 0.0, False)
+        return SDPBackend(choice).name
+    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError):
+        return None
 
 
 _compiled: dict[str, Callable] = {}
@@ -114,6 +137,14 @@ IMPLEMENTATIONS = {
             "torch.nn.functional.scaled_dot_product_attention with a boolean L x L band mask",
             attend=_dense_sdpa,
             prepare=lean_band_mask,
+            sdpa_backend=sdpa_backend,
+        ),
+        Implementation(
+            "dense_sdpa_nomask",
+            "the same SDPA without a mask: full attention, not the band (dense SDPA's memory floor)",
+            attend=_dense_sdpa,
+            full_attention=True,
+            sdpa_backend=sdpa_backend,
         ),
         Implementation("loop", "swa_tutorial.loop_attention: one query at a time", attend=lambda q, k, v, w, s: loop_attention(q, k, v, w)),
         Implementation(

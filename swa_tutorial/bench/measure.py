@@ -16,6 +16,23 @@ import torch
 import torch.utils.benchmark as benchmark
 
 
+def resolve_device(name) -> torch.device:
+    """``name`` as a torch.device that this machine has, or a ValueError saying why not."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"--device {name!r} is not a device name (cpu, cuda, cuda:1, ...): {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch was built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"--device {name}: CUDA is not available ({why}, torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA devices")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu and cuda devices are measured")
+    return device
+
+
 def band_pairs(seq_len: int, window: int) -> int:
     """P, the number of (query, key) pairs in the band |i - j| <= w of an L x L matrix.
 
@@ -137,13 +154,32 @@ def _time_cuda_events(fn, reps: int) -> list[float]:
     return times
 
 
+def quartiles(times: list[float]) -> tuple[float, float, float]:
+    """The first quartile, the median and the third quartile of repeated timings."""
+    if len(times) < 2:
+        return times[0], times[0], times[0]
+    return tuple(statistics.quantiles(times, n=4, method="inclusive"))
+
+
 def summarize(times: list[float]) -> dict:
     """Median and interquartile range of repeated timings (seconds)."""
-    if len(times) >= 2:
-        q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
-    else:
-        q1 = q3 = times[0]
-    return {"median_s": statistics.median(times), "iqr_s": q3 - q1, "times_s": times}
+    q1, median, q3 = quartiles(times)
+    return {"median_s": median, "iqr_s": q3 - q1, "times_s": times}
+
+
+def compare(times_a: list[float], times_b: list[float]) -> dict:
+    """How many times slower a is than b, from two lists of timings of one run.
+
+    ``ratio`` is median(a) / median(b); ``low`` and ``high`` are the ratios the quartiles allow,
+    q1(a) / q3(b) and q3(a) / q1(b). When 1 lies between them the two interquartile ranges
+    overlap and the difference is ``within_noise``: this run cannot tell which is faster. (A
+    plain rule, not a confidence interval: the timings of a shared machine are not independent
+    draws.)
+    """
+    a1, a, a3 = quartiles(times_a)
+    b1, b, b3 = quartiles(times_b)
+    low, high = a1 / b3, a3 / b1
+    return {"ratio": a / b, "low": low, "high": high, "within_noise": low <= 1 <= high}
 
 
 def matmul_peak(device, dtype, threads: int, n: int) -> dict:

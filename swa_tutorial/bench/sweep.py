@@ -7,7 +7,10 @@ backward pass in mode "fwd+bwd"); the correctness check of that call's output (a
 against float64 dense attention; only if it passes, the timing. Running out of memory at any
 step is recorded as the result "oom". On the CPU each configuration runs in a fresh process
 (so its peak memory is its own), with its address space capped so that running out of memory
-is an error, not the system's OOM killer.
+is an error, not the system's OOM killer. On a GPU the configurations share one process, and a
+compiled implementation starts each from empty compiler caches (``torch.compiler.reset``): every
+configuration compiles for its own shapes, as in a fresh process, instead of reusing a kernel
+that an earlier length made shape-generic.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import platform
 import resource
 import subprocess
 import sys
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -73,13 +77,18 @@ def run_config(spec: dict) -> dict:
             return out, time.perf_counter() - start
 
         impl.load(spec["H"], spec["d"], w)
+        if hasattr(os, "getloadavg"):
+            result["load_average"] = os.getloadavg()[0]  # other work on the machine, 1-minute mean
         if impl.compiled:
+            torch.compiler.reset()
             _, result["compile_s"] = timed_step(impl.prepare(L, w, device))  # compiles, then runs once
         with PeakMemory(device) as memory:
             state = impl.prepare(L, w, device)
             out, first_s = timed_step(state)
         result["memory_bytes"] = memory.bytes
-        result["check"] = check(out.detach(), q, k, v, w, g)
+        if impl.sdpa_backend:
+            result["sdpa_backend"] = impl.sdpa_backend(q, k, v, state)
+        result["check"] = check(out.detach(), q, k, v, None if impl.full_attention else w, g)
         del out
         if not result["check"]["ok"]:
             return {**result, "status": "wrong", "reason": "differs from float64 dense attention"}
@@ -150,15 +159,36 @@ def _git_commit() -> str | None:
     return out.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
 
 
-def _cpu_name() -> str:
+CPU_ID = (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))  # /proc/cpuinfo keys
+VECTOR_EXTENSIONS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "sve", "asimd")
+
+
+def cpu_info() -> dict:
+    """The CPU as Linux names it (the first processor of /proc/cpuinfo), for the provenance.
+
+    ``cpu``: its model name (a virtual machine may show only the family, e.g. "AMD EPYC");
+    ``cpu_id``: vendor, family, model and stepping, which pin down the generation even then;
+    ``cpu_vector_extensions``: those of its instruction-set extensions that set matrix speed;
+    ``virtual_machine``: whether it runs under a hypervisor (other guests may share the cores).
+    """
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # the first processor only
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    flags = set(fields.get("flags", fields.get("Features", "")).split())
+    cpu_id = " ".join(f"{name} {fields[key]}" for name, key in CPU_ID if key in fields)
+    return {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cpu_id": " ".join(filter(None, [fields.get("vendor_id"), cpu_id])) or None,
+        "cpu_vector_extensions": [x for x in VECTOR_EXTENSIONS if x in flags],
+        "virtual_machine": "hypervisor" in flags,
+    }
 
 
 def _version(module: str) -> str | None:
@@ -180,7 +210,7 @@ def provenance(device: torch.device, threads: int, commit: str | None) -> dict:
         "cuda": torch.version.cuda,
         "triton": _version("triton"),
         "transformers": _version("transformers"),
-        "cpu": _cpu_name(),
+        **cpu_info(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
     }
@@ -239,8 +269,9 @@ def sweep(
 
     ``isolate`` (default: on the CPU) runs each configuration in its own process, with at most
     ``memory_fraction`` of the available memory. ``out``: a path the document is written to
-    after every configuration (so an interrupted sweep keeps what it measured). ``progress``: a
-    function wrapping the list of configurations (a progress bar), or None. After
+    after every configuration (so an interrupted sweep keeps what it measured). ``progress``: None,
+    or a function called as progress(done, total, label) before each configuration (the label
+    names it: implementation, L, dtype, mode) and as progress(total, total, None) at the end. After
     ``time_budget_s`` seconds the remaining configurations are recorded as skipped.
     """
     device = torch.device(device)
@@ -266,7 +297,9 @@ def sweep(
         doc["peak"][dtype] = matmul_peak(device, DTYPES[dtype], threads, peak_n)
     configs = [(m, t, L, i) for m in modes for t in dtypes for L in lengths for i in impls]
     start = time.perf_counter()
-    for mode, dtype, L, impl in progress(configs) if progress else configs:
+    for done, (mode, dtype, L, impl) in enumerate(configs):
+        if progress:
+            progress(done, len(configs), f"{impl} L={L} {dtype} {mode}")
         spec = {
             "impl": impl, "dtype": dtype, "mode": mode, "L": L, "B": B, "H": H, "d": d, "w": window,
             "device": str(device), "seed": seed, "threads": threads, "min_time": min_time,
@@ -281,6 +314,8 @@ def sweep(
         doc["results"].append(result)
         if out:
             write(doc, out)
+    if progress:
+        progress(len(configs), len(configs), None)
     if hasattr(os, "getloadavg"):
         doc["provenance"]["load_average_at_end"] = os.getloadavg()
     if out:
@@ -297,16 +332,35 @@ def write(doc: dict, path) -> None:
     tmp.replace(path)
 
 
-def table(doc: dict) -> str:
-    """A short text table of a results document: one line per configuration."""
-    lines = [f"{'mode':8} {'dtype':9} {'L':>6} {'impl':14} {'status':11} {'median ms':>10} {'IQR ms':>8} {'peak MiB':>9} {'TFLOP/s':>8} {'% peak':>7}"]
-    for r in doc["results"]:
-        ok = r["status"] == "ok"
-        mem = r.get("memory_bytes")
-        lines.append(
-            f"{r['mode']:8} {r['dtype']:9} {r['L']:>6} {r['impl']:14} {r['status']:11} "
-            + (f"{1e3 * r['median_s']:>10.2f} {1e3 * r['iqr_s']:>8.2f} " if ok else f"{'':>10} {'':>8} ")
-            + (f"{mem / 2**20:>9.1f} " if mem is not None else f"{'':>9} ")
-            + (f"{r['useful_flops_per_s'] / 1e12:>8.3f} {100 * r['fraction_of_peak']:>6.1f}%" if ok else "")
-        )
+def table(doc: dict, width: int = 76) -> str:
+    """The results as text, at most ``width`` characters a line: one block per (mode, dtype), one
+    line per configuration, then why each configuration that was not timed was not, and which
+    SDPA backend ran."""
+    prov, cfg = doc["provenance"], doc["config"]
+    threads = f"{prov['threads']} thread" + "s" * (prov["threads"] != 1)
+    on = f"{prov['device']}, {threads}" if cfg["device"] == "cpu" else f"{prov['device']} ({cfg['device']})"
+    lines = [f"B={cfg['B']} H={cfg['H']} d={cfg['d']} w={cfg['window']} on {on}"]
+    head = f"{'L':>6} {'impl':17} {'median ms':>10} {'IQR ms':>9} {'peak MiB':>9} {'TFLOP/s':>8} {'% peak':>7}"
+    notes, backends = {}, {}
+    for mode, dtype in dict.fromkeys((r["mode"], r["dtype"]) for r in doc["results"]):
+        lines += [f"{mode}, {dtype}", head]
+        for r in (r for r in doc["results"] if (r["mode"], r["dtype"]) == (mode, dtype)):
+            mem = r.get("memory_bytes")
+            if r["status"] == "ok":
+                cells = f"{1e3 * r['median_s']:>10.2f} {1e3 * r['iqr_s']:>9.2f} "
+            else:
+                cells = f"{r['status']:>20} "
+                notes.setdefault((r["impl"], mode, dtype, r["status"], r.get("reason")), []).append(r["L"])
+            cells += f"{mem / 2**20:>9.1f} " if mem is not None else f"{'':>9} "
+            if r["status"] == "ok":
+                cells += f"{r['useful_flops_per_s'] / 1e12:>8.3f} {100 * r['fraction_of_peak']:>6.1f}%"
+            lines.append(f"{r['L']:>6} {r['impl']:17} {cells}".rstrip())
+            if r.get("sdpa_backend"):
+                backends.setdefault(r["impl"], set()).add(r["sdpa_backend"])
+    for (impl, mode, dtype, status, reason), lengths in notes.items():
+        text = f"{impl} ({mode}, {dtype}) at L = {', '.join(map(str, lengths))}: {status}: {reason}"
+        lines += textwrap.wrap(text, width, subsequent_indent="    ")
+    if backends:
+        text = "SDPA backend: " + "; ".join(f"{impl} {', '.join(sorted(b))}" for impl, b in backends.items())
+        lines += textwrap.wrap(text, width, subsequent_indent="    ")
     return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""The "triton" backend: a fused sliding-window kernel, forward and backward, the band never stored.
+
+The tiled algorithm of FlashAttention-2 (Dao, 2023, arXiv:2307.08691) restricted to a window:
+a program takes BLOCK_M queries and runs over the BLOCK_N-key tiles their windows reach, keeping
+for each query row only a running maximum, a running sum and its output accumulator (the online
+softmax). Key tiles are of three kinds for a query tile (:func:`key_tile_span`):
+
+* skipped: no query of the tile may see any of their keys, never loaded;
+* full: every query of the tile sees every key, no window mask computed;
+* partial: the rest, masked cell by cell (-inf outside the window).
+
+The forward keeps each row's log-sum-exp (lse) and nothing of size L x w; the backward recomputes
+the scores tile by tile. Memory is O(L d) besides the inputs.
+
+Precision: the scores q . k accumulate in float32 (float64 for float64 inputs), the scale is
+applied to them in that dtype, the softmax and the P x V product accumulate in it. For float16 and
+bfloat16 inputs the probabilities P (and in the backward dS and dO) are rounded to the input
+dtype just before they enter a matrix product, as FlashAttention and PyTorch's flash kernels do;
+float32 products use exact float32 arithmetic ("ieee", not TF32).
+
+Triton is imported only when this backend runs. It runs CUDA tensors, or CPU tensors under
+Triton's interpreter (the environment variable TRITON_INTERPRET=1 set before the first call).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..softmax import accumulation_dtype
+
+NAME = "triton"
+
+
+def key_tile_span(row_tile: int, seq_len: int, left: int, right: int, block_rows: int, block_cols: int):
+    """The column tiles one row tile visits: ``(start, full_start, full_end, end)``.
+
+    Row i may see column j iff i - left <= j <= i + right and 0 <= j < seq_len. The rows of tile
+    ``row_tile`` are ``row_tile * block_rows`` up to ``block_rows`` more, those below ``seq_len``
+    being real. Column tile c holds columns ``c * block_cols .. (c + 1) * block_cols - 1``.
+
+    * tiles ``start .. end - 1`` are visited, and each holds at least one pair (real row,
+      column) that may see each other: the rest are skipped;
+    * tiles ``full_start .. full_end - 1`` are full: every real row sees every one of their columns
+      (all below seq_len), so no mask is needed; the others visited are partial.
+
+    ``start <= full_start <= full_end <= end``. In the forward and the dQ pass rows are queries and
+    columns keys. In the dK/dV pass rows are keys and columns queries: key j is seen by queries
+    j - right .. j + left, so that pass calls this with ``left`` and ``right`` swapped.
+    """
+    first_row = row_tile * block_rows
+    last_row = min(first_row + block_rows, seq_len) - 1
+    start = max(0, first_row - left) // block_cols
+    end = min(seq_len - 1, last_row + right) // block_cols + 1
+    # full: c * block_cols >= last_row - left and (c + 1) * block_cols - 1 <= min(first_row + right, seq_len - 1)
+    first_full = -((left - last_row) // block_cols)  # ceil((last_row - left) / block_cols)
+    end_full = min(first_row + right + 1, seq_len) // block_cols
+    full_start = min(max(first_full, start), end)
+    full_end = max(min(end_full, end), full_start)
+    return start, full_start, full_end, end
+
+
+@functools.lru_cache(maxsize=64)
+def span_table(seq_len: int, left: int, right: int, block_rows: int, block_cols: int, device: torch.device):
+    """:func:`key_tile_span` of every row tile: int32 [ceil(seq_len / block_rows), 4] on ``device``.
+
+    The kernels read their loop bounds from it. Cached: it depends only on its arguments.
+    """
+    rows = -(-seq_len // block_rows)
+    spans = [key_tile_span(r, seq_len, left, right, block_rows, block_cols) for r in range(rows)]
+    return torch.tensor(spans, dtype=torch.int32, device=device)
+
+
+def launch_config(dtype: torch.dtype, head_dim: int, value_dim: int, interpreted: bool):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one call.
+
+    Under the interpreter: 16 x 16 tiles (the smallest tl.dot takes), so small tests cross many
+    tiles. On a GPU: 64 x 64 tiles for 16-bit inputs, 32 x 32 for float32 and float64 (their
+    products run without tensor-core shortcuts, one accumulator element per cell), halved while
+    the tiles of q, k and v would pass about 160 KiB of shared memory. Not yet tuned on a GPU.
+    """
+    if interpreted:
+        return 16, 16, 1, 1
+    block = 64 if dtype in (torch.float16, torch.bfloat16) else 32
+    padded = max(16, 1 << (max(head_dim, value_dim) - 1).bit_length())
+    while block > 16 and 3 * block * padded * dtype.itemsize * 2 > 160 * 1024:
+        block //= 2
+    return block, block, 4, 2
+
+
+def _kernels():
+    """The module of @triton.jit kernels, imported (and triton with it) on first use."""
+    try:
+        from . import _triton_jit
+    except ImportError as error:
+        raise RuntimeError(
+            f"backend {NAME!r} needs the triton package (pip install triton), which failed to import: {error}"
+        ) from error
+    return _triton_jit
+
+
+def _check_device(q: torch.Tensor, interpreted: bool) -> None:
+    if q.device.type == "cuda" or (q.device.type == "cpu" and interpreted):
+        return
+    if q.device.type == "cpu":
+        raise ValueError(
+            f"backend {NAME!r} runs CPU tensors only under Triton's interpreter: set the environment "
+            "variable TRITON_INTERPRET=1 before its first call (or move q, k, v to a CUDA device)"
+        )
+    raise ValueError(f"backend {NAME!r} runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got q on {q.device}")
+
+
+class _Problem:
+    """What the forward and the backward share: sizes, tiles and their span tables."""
+
+    def __init__(self, q, v, window, key_padding_mask, scale, jit):
+        B, L, H, d = q.shape
+        self.left, self.right = window
+        self.mask = key_padding_mask
+        self.blocks = launch_config(q.dtype, d, v.shape[-1], jit.INTERPRETED)
+        block_m, block_n = self.blocks[:2]
+        self.acc_dtype = accumulation_dtype(q.dtype)  # of the scores, the softmax, out, lse and the scale
+        self.scale = torch.full((1,), scale, dtype=self.acc_dtype, device=q.device)
+        self.query_spans = span_table(L, self.left, self.right, block_m, block_n, q.device)  # per query tile
+        self.key_spans = span_table(L, self.right, self.left, block_n, block_m, q.device)  # per key tile
+
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, window, key_padding_mask, scale):
+        jit = _kernels()
+        problem = _Problem(q, v, window, key_padding_mask, scale, jit)
+        out, lse = jit.forward(q, k, v, problem)
+        ctx.problem = problem
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, out, lse = ctx.saved_tensors
+        problem = ctx.problem
+        # An upstream gradient may be an expanded (zero-stride) view: one contiguous copy, O(L d).
+        grad_out = grad_out.contiguous()
+        # The row term of dS = P (dP - D): D_i = dO_i . O_i - dlse_i (the lse gradient folded in).
+        row_term = (grad_out * out).sum(dim=-1) - grad_lse  # B x L x H
+        dq, dk, dv = _kernels().backward(q, k, v, grad_out, lse, row_term.contiguous(), problem)
+        return dq, dk, dv, None, None, None
+
+
+def attend(q, k, v, window, key_padding_mask, scale):
+    """Sliding-window attention and its log-sum-exp through the fused Triton kernel.
+
+    q, k: [B, L, H, d]; v: [B, L, H, d_v]; one dtype among float64, float32, float16, bfloat16; any
+    strides. window: (left, right), 0 <= left, right <= L - 1: query i attends keys i - left ..
+    i + right that are not padding. key_padding_mask: None or bool [B, L], True = padding.
+    scale: a finite float on q . k (applied in the accumulation dtype).
+
+    Returns out [B, L, H, d_v] (contiguous) and lse [B, L, H], both float32 (float64 for float64
+    inputs). A query with no key to attend has out = 0, lse = -inf and zero gradients.
+    Differentiable in q, k and v through both outputs.
+    """
+    jit = _kernels()
+    _check_device(q, jit.INTERPRETED)
+    return _FusedAttention.apply(q, k, v, tuple(window), key_padding_mask, float(scale))

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import _Output, attend
+from .attention import _Output, attend, without_autocast
 from .conventions import from_hf_longformer
 from .softmax import accumulation_dtype, masked_softmax
 from .validation import check_key_padding_mask, check_like, check_qkv, check_scale, check_token_mask
@@ -72,7 +72,7 @@ def longformer_attention(
                                      ("v_global", v_global, v, "v")):
         if x is not None:
             check_like(x, name, like, like_name)
-    scale = check_scale(scale, d)
+    scale = check_scale(scale, d, accumulation_dtype(q.dtype))
 
     padding = key_padding_mask
     is_global = global_mask if padding is None else global_mask & ~padding  # B x L
@@ -98,12 +98,15 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
     out, lse = attend(q, k, v, window, key_padding_mask=hidden, scale=scale, dilation=dilation, backend=backend)
     if any_global:
         slots, used = _global_slots(is_global)  # B x G each
-        out = _with_global_keys(out, lse, q, _gather(k, slots), _gather(v, slots), used, scale)
-        rows = _global_rows(*global_qkv(slots), padding, scale)  # B x G x H x d_v
-        batch, position = is_global.nonzero(as_tuple=True)
-        out = out.index_put((batch, position), rows[used])  # the global rows replaced
-    if padding is not None:
-        out = torch.where(padding[:, :, None, None], 0.0, out)
+        q_g, k_g, v_g = global_qkv(slots)  # (a caller's projections run under its own autocast)
+    with without_autocast(q.device):  # (the precision contract's float32, whatever autocast says)
+        if any_global:
+            out = _with_global_keys(out, lse, q, _gather(k, slots), _gather(v, slots), used, scale)
+            rows = _global_rows(q_g, k_g, v_g, padding, scale)  # B x G x H x d_v
+            batch, position = is_global.nonzero(as_tuple=True)
+            out = out.index_put((batch, position), rows[used])  # the global rows replaced
+        if padding is not None:
+            out = torch.where(padding[:, :, None, None], 0.0, out)
     return _Output.apply(out, q.dtype)
 
 

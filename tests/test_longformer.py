@@ -156,6 +156,17 @@ def test_empty_sizes(shape):
         assert_close64(out, dense_longformer_attention(q, k, v, 1, global_mask=global_mask))
 
 
+def test_autocast_leaves_the_precision_alone():
+    """Under CPU autocast to bfloat16 the float32 computation is unchanged (the precision
+    contract: float32 products whatever autocast says)."""
+    (q, k, v, q_g, k_g, v_g), kwargs = tiny(dtype=torch.float32)
+    kwargs.update(q_global=q_g, k_global=k_g, v_global=v_g)
+    expected = longformer_attention(q, k, v, 2, **kwargs)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = longformer_attention(q, k, v, 2, **kwargs)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
 def sdpa_longformer(q, k, v, q_g, k_g, v_g, window, global_mask, key_padding_mask):
     """The same attention from two calls of PyTorch's SDPA with the combined mask (local rows; global
     rows), for the half-precision comparison. Rows without a key (padding) are 0."""
@@ -353,3 +364,4 @@ def test_hugging_face_refusals():
         patch_hf_longformer(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         patch_hf_longformer("allenai/longformer-base-4096")
+

@@ -39,17 +39,22 @@ def longformer_attention(
     """Sliding-window attention with global tokens, as Longformer defines it.
 
     Args:
-        q, k: queries and keys [B, L, H, d]; v: values [B, L, H, d_v]; one dtype (float64,
-            float32, float16, bfloat16) and device.
+        q: queries [B, L, H, d]: float64, float32, float16 or bfloat16, on any device.
+        k: keys [B, L, H, d], the dtype and device of q.
+        v: values [B, L, H, d_v], the dtype and device of q.
         window: the local window, any form :func:`swa_tutorial.sliding_window_attention` takes
-            (an int w, or (left, right)); ``dilation`` too (allenai's kernel dilates the window of
-            a model with global tokens; the global columns and rows are never dilated).
+            (an int w, or a pair (left, right)).
         global_mask: bool [B, L], True marks a global token; the count may differ between batch
             elements and may be 0.
-        q_global, k_global: [B, L, H, d]; v_global: [B, L, H, d_v]: the projections of the
-            global rows (q_global is read at the global tokens only); None uses q, k, v.
+        q_global: the global rows' queries [B, L, H, d] (read at the global tokens only); None
+            uses q.
+        k_global: the keys the global rows attend [B, L, H, d]; None uses k.
+        v_global: the values the global rows average [B, L, H, d_v]; None uses v.
         key_padding_mask: optional bool [B, L], True = padding. Padding outranks global.
         scale: the factor on every score, local and global; default 1 / sqrt(d).
+        dilation: the window's dilation, as :func:`swa_tutorial.sliding_window_attention` takes
+            it (allenai's kernel dilates the window of a model with global tokens); the global
+            columns and rows are never dilated.
         backend: the backend of the window part (see :mod:`swa_tutorial.backends`).
 
     Returns:
@@ -61,8 +66,9 @@ def longformer_attention(
     The window part is :func:`swa_tutorial.attention.attend` with the global keys masked out;
     the global keys' part is a [B, L, H, G] block; the two softmaxes are merged exactly through
     their log-sum-exps, and the result rounded once. Scores, softmaxes and sums run in float32
-    for half inputs (float64 for float64). Differentiable in every tensor argument; with no
-    global token the global projections take no part (their gradient is None).
+    for half inputs (float64 for float64), whatever ``torch.autocast`` says. Differentiable in
+    every tensor argument; with no global token the global projections take no part (their
+    gradient is None).
     """
     check_qkv(q, k, v)
     B, L, H, d = q.shape

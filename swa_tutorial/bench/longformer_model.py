@@ -167,8 +167,11 @@ def main(argv=None) -> None:
         return
     spec = {name: getattr(args, name) for name in
             ("seq_len", "layers", "hidden", "heads", "window", "globals", "batch", "threads", "rounds", "reps")}
-    doc = {"schema": "swa-tutorial-longformer-model/1", "provenance": provenance(torch.device("cpu"), args.threads, None),
-           "config": {**spec, "dtype": "float32", "mode": "forward, torch.no_grad(), eval()"}}
+    doc = {
+        "schema": "swa-tutorial-longformer-model/1",
+        "provenance": provenance(torch.device("cpu"), args.threads, None),
+        "config": {**spec, "dtype": "float32", "mode": "forward, torch.no_grad(), eval()"},
+    }
     doc.update(run(spec))
     if hasattr(os, "getloadavg"):
         doc["provenance"]["load_average_at_end"] = os.getloadavg()

@@ -11,6 +11,8 @@ eval mode and every parameter's gradient in train mode equal the original's.
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -365,3 +367,34 @@ def test_hugging_face_refusals():
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):
         patch_hf_longformer("allenai/longformer-base-4096")
 
+
+
+# --- The benchmark: its committed results and a tiny run --------------------------------------
+
+
+LONGFORMER_RUNS = sorted((Path(__file__).resolve().parent.parent / "book" / "data").glob("cpu-longformer-model*.json"))
+
+
+@pytest.mark.parametrize("path", LONGFORMER_RUNS, ids=lambda p: p.name)
+def test_committed_benchmark_results_follow_their_schema(path):
+    from swa_tutorial.bench.longformer_model import MODELS, SCHEMA
+
+    doc = json.loads(path.read_text())
+    assert doc["schema"] == SCHEMA and doc["provenance"]["git_commit"] and doc["config"]["seq_len"] == 4096
+    assert doc["max_abs_difference"] < 1e-4
+    for name in MODELS:
+        r = doc["results"][name]
+        assert len(r["times_s"]) == doc["config"]["reps"] and r["median_s"] > 0 and r["iqr_s"] >= 0
+        assert len(r["peak_bytes_per_process"]) == doc["config"]["rounds"] and r["peak_bytes"] > 0
+    times = doc["results"]
+    pairs = [p / o for o, p in zip(times["original"]["times_s"], times["patched"]["times_s"])]
+    assert doc["ratio_patched_to_original"]["per_pair"] == pairs
+
+
+def test_benchmark_timing_checks_and_times_both_models():
+    from swa_tutorial.bench.longformer_model import timing
+
+    spec = dict(seq_len=40, layers=1, hidden=16, heads=2, window=8, globals=2, batch=1, threads=1, reps=2)
+    result = timing(spec)
+    assert result["max_abs_difference"] < 1e-5
+    assert all(len(result[kind][name]) == 2 for kind in ("times_s", "cpu_times_s") for name in ("original", "patched"))

@@ -39,6 +39,7 @@ import torch
 from .measure import PeakMemory, summarize
 from .sweep import provenance, write
 
+SCHEMA = "swa-tutorial-longformer-model/1"
 MODELS = ("original", "patched")
 
 
@@ -168,7 +169,7 @@ def main(argv=None) -> None:
     spec = {name: getattr(args, name) for name in
             ("seq_len", "layers", "hidden", "heads", "window", "globals", "batch", "threads", "rounds", "reps")}
     doc = {
-        "schema": "swa-tutorial-longformer-model/1",
+        "schema": SCHEMA,
         "provenance": provenance(torch.device("cpu"), args.threads, None),
         "config": {**spec, "dtype": "float32", "mode": "forward, torch.no_grad(), eval()"},
     }

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import sliding_window_attention
+from ..backends import tiles
 from ..reference import loop_attention
 
 
@@ -85,6 +86,12 @@ def _flex(q, k, v, w, block_mask):
     return out.transpose(1, 2)  # B x L x H x d
 
 
+def _tiles(q, k, v, w, state):
+    side = min(w, q.shape[1] - 1)  # a backend takes the window clipped to L - 1
+    out, _ = tiles.attend(q, k, v, (side, side), None, q.shape[-1] ** -0.5)
+    return out.to(q.dtype)  # B x L x H x d (float32 for half inputs)
+
+
 _longformer_layers: dict[tuple, object] = {}
 
 
@@ -122,6 +129,7 @@ IMPLEMENTATIONS = {
         Implementation(
             "swa_compiled", "swa_tutorial.sliding_window_attention under torch.compile", attend=_swa_compiled, compiled=True
         ),
+        Implementation("tiles", "swa_tutorial.backends.tiles: query tiles against their key span (eager)", attend=_tiles),
         Implementation(
             "flex",
             "FlexAttention (torch.compile) with a sliding-window block mask",

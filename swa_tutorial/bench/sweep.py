@@ -183,6 +183,9 @@ def provenance(device: torch.device, threads: int, commit: str | None) -> dict:
         "cpu": _cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        # OpenMP's idle threads spin by default; on a CPU shared with busy processes that makes
+        # every parallel call wait for a descheduled thread ("passive" lets them sleep instead).
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if hasattr(os, "getloadavg"):
         info["load_average_at_start"] = os.getloadavg()

@@ -82,7 +82,7 @@ def attend(q, k, v, window, *, key_padding_mask=None, scale=None, dilation=1, ba
     acc = accumulation_dtype(q.dtype)
     scale = check_scale(scale, d, acc)
     dilations = check_dilation(dilation, H)
-    backend = load(check_backend(backend), q.device)
+    backend = load(check_backend(backend))
     with without_autocast(q.device):
         return _attend(backend, q, k, v, window, key_padding_mask, scale, dilations)
 

@@ -117,7 +117,7 @@ def _spec(impl, **kw):
     return {**spec, **kw}
 
 
-@pytest.mark.parametrize("impl", ["dense_sdpa", "loop", "swa"])
+@pytest.mark.parametrize("impl", ["dense_sdpa", "loop", "swa", "tiles"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_a_configuration_is_checked_then_timed(impl, mode):
     r = run_config(_spec(impl, mode=mode))

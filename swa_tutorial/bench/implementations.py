@@ -41,6 +41,7 @@ class Implementation:
     sdpa_backend: Callable | None = None  # (q, k, v, state) -> the SDPA backend the call runs
     needs: str | None = None  # a module that must be importable
     whole_chunks: bool = False  # L must be a multiple of 2w
+    cuda_only: bool = False  # runs only on a CUDA device (Triton's CPU interpreter is no benchmark)
 
 
 def lean_band_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
@@ -108,6 +109,11 @@ def _flex(q, k, v, w, block_mask):
     return out.transpose(1, 2)  # B x L x H x d
 
 
+def _backend(name: str) -> Callable:
+    """attend() through the package's entry point with one backend chosen."""
+    return lambda q, k, v, w, state: sliding_window_attention(q, k, v, w, backend=name)
+
+
 _longformer_layers: dict[tuple, object] = {}
 
 
@@ -148,10 +154,20 @@ IMPLEMENTATIONS = {
         ),
         Implementation("loop", "swa_tutorial.loop_attention: one query at a time", attend=lambda q, k, v, w, s: loop_attention(q, k, v, w)),
         Implementation(
-            "swa", "swa_tutorial.sliding_window_attention (eager)", attend=lambda q, k, v, w, s: sliding_window_attention(q, k, v, w)
+            "swa", "swa_tutorial.sliding_window_attention, backend='chunks': the book's algorithm (eager)", attend=_backend("chunks")
         ),
         Implementation(
             "swa_compiled", "swa_tutorial.sliding_window_attention under torch.compile", attend=_swa_compiled, compiled=True
+        ),
+        Implementation(
+            "tiles", "swa_tutorial.sliding_window_attention, backend='tiles': query tiles against their key span", attend=_backend("tiles")
+        ),
+        Implementation(
+            "triton",
+            "swa_tutorial.sliding_window_attention, backend='triton': the fused Triton kernel (CUDA)",
+            attend=_backend("triton"),
+            needs="triton",
+            cuda_only=True,
         ),
         Implementation(
             "flex",
@@ -173,8 +189,10 @@ IMPLEMENTATIONS = {
 }
 
 
-def why_not(impl: Implementation, L: int, w: int, loop_max_len: int) -> str | None:
-    """Why ``impl`` cannot run at this length (a reason recorded in the results), or None."""
+def why_not(impl: Implementation, L: int, w: int, loop_max_len: int, device: str = "cpu") -> str | None:
+    """Why ``impl`` cannot run at this length on this device (a reason recorded in the results), or None."""
+    if impl.cuda_only and torch.device(device).type != "cuda":
+        return "runs only on a CUDA device"
     if impl.needs and importlib.util.find_spec(impl.needs) is None:
         return f"needs the optional package {impl.needs!r}"
     if impl.whole_chunks and L % (2 * w):

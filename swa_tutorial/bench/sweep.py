@@ -53,7 +53,7 @@ def run_config(spec: dict) -> dict:
     impl = IMPLEMENTATIONS[spec["impl"]]
     L, w = spec["L"], spec["w"]
     result = {key: spec[key] for key in ("impl", "dtype", "mode", "L")}
-    reason = why_not(impl, L, w, spec["loop_max_len"])
+    reason = why_not(impl, L, w, spec["loop_max_len"], spec["device"])
     if reason:
         return {**result, "status": "unsupported", "reason": reason}
     device = torch.device(spec["device"])
@@ -213,6 +213,9 @@ def provenance(device: torch.device, threads: int, commit: str | None) -> dict:
         **cpu_info(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        # OpenMP's idle threads spin by default; on a CPU shared with busy processes that makes
+        # every parallel call wait for a descheduled thread ("passive" lets them sleep instead).
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     if hasattr(os, "getloadavg"):
         info["load_average_at_start"] = os.getloadavg()

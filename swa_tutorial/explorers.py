@@ -6,13 +6,33 @@
 
 A drawing function has the signature ``draw(fig, **params)`` and draws onto the empty figure it
 is given. The chapters compute what it draws with functions of their own in checked cells,
-because nbval compares neither images nor widget views.
+because nbval compares neither images nor widget views. The explorers compute what they draw
+with the package's own steps:
+
+1. :func:`draw_chunks_over_s`: the chunks over S, for any L and w (chapter 4);
+2. :func:`draw_skew`: the skew of a chunk, stage by stage (chapter 8);
+3. :func:`draw_band_vs_dense`: one query's row in the band and the dense layout (chapter 9);
+4. :func:`draw_token_attention`: one token's softmax weights (chapter 10);
+5. :func:`draw_unskew`: the second skew of a block of band rows and its value chunk (chapter 10).
 """
 
 from __future__ import annotations
 
+import matplotlib.patches as mpatches
 import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
 from matplotlib.animation import FuncAnimation
+
+from .backends.chunks import padded_length
+from .band import band_mask, band_scores, band_softmax, band_to_dense
+from .chunks import chunk, chunk_scores, merge_heads, num_chunks
+from .labels import labelled_qkv
+from .plotting import (CHUNK_COLORS, INVALID_COLOR, draw_matrix, draw_memory, outline_chunks, score_labels,
+                       token_names)
+from .reference import dense_band_mask
+from .values import value_chunks
 
 
 def live(draw, figsize=(8, 4), **sliders):
@@ -32,10 +52,12 @@ def live(draw, figsize=(8, 4), **sliders):
     return widgets.VBox([widgets.HBox(controls.children[:-1]), out])
 
 
-def kernel_free(draw, name, values, figsize=(8, 4), dpi=72, **fixed):
+def kernel_free(draw, name, values, figsize=(8, 4), dpi=86, **fixed):
     """A self-contained HTML animation: one frame of ``draw`` per value of parameter ``name``.
 
     Returns an ``IPython.display.HTML`` whose slider steps through ``values`` without a kernel.
+    At the default dpi an 8-inch-wide figure is 688 pixels, the width of the book's text column
+    in a 1280-pixel window, so its text shows at the size it was drawn.
     """
     from IPython.display import HTML
 
@@ -52,33 +74,61 @@ def kernel_free(draw, name, values, figsize=(8, 4), dpi=72, **fixed):
     return HTML(html)
 
 
-# --- Explorers 2 to 4: the skew, band vs dense layout, attention of one token -------------------
-
-# These explorers compute what they draw with the package's own steps.
-import matplotlib.patches as mpatches  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from .backends.chunks import padded_length  # noqa: E402
-from .band import band_mask, band_scores, band_softmax, band_to_dense  # noqa: E402
-from .chunks import chunk, chunk_scores, merge_heads  # noqa: E402
-from .labels import labelled_qkv  # noqa: E402
-from .plotting import INVALID_COLOR, draw_matrix, score_labels, token_names  # noqa: E402
-
-SKEW_STAGES = ("the chunk", "pad", "flat memory", "view", "slice")
-
-
-def diagonal_colors(offsets, valid=None):
-    """A colour per cell from its diagonal offset (key minus query), grey where ``valid`` is False."""
-    offsets = np.asarray(offsets)
+def index_colors(index, valid=None):
+    """A colour per cell from an integer per cell (a diagonal offset, a key), grey where ``valid`` is False."""
+    index = np.asarray(index)
     palette = [c for i, c in enumerate(plt.get_cmap("tab20").colors) if i not in (14, 15)]  # no greys
-    colors = np.empty(offsets.shape, dtype=object)
-    for idx, k in np.ndenumerate(offsets):
+    colors = np.empty(index.shape, dtype=object)
+    for idx, k in np.ndenumerate(index):
         colors[idx] = tuple(0.45 + 0.55 * x for x in palette[(2 * int(k)) % len(palette)])
     if valid is not None:
         colors[~np.asarray(valid, bool)] = INVALID_COLOR
     return colors
+
+
+# --- Explorer 1: chunks over S --------------------------------------------------------------------
+
+
+def chunk_work(seq_len: int, window: int) -> dict:
+    """What the chunks of Explorer 1 cost, for L tokens and a one-sided window w.
+
+    The chunks run at the padded length L' = ``padded_length(L, w)``; there are C = L' // w - 1 of
+    them, each a 2w x 2w block of products. Only the N = L (2w + 1) - w (w + 1) pairs of real
+    tokens with ``|i - j| <= w`` are useful (w clipped to L - 1); the rest of the C (2w)^2 are wasted.
+    """
+    padded = padded_length(seq_len, window)
+    count = num_chunks(padded, window)
+    reach = min(window, seq_len - 1)  # a window wider than the sequence sees no more keys
+    useful = seq_len * (2 * reach + 1) - reach * (reach + 1)
+    computed = count * (2 * window) ** 2
+    return dict(padded_len=padded, chunks=count, useful=useful, computed=computed, wasted=computed - useful)
+
+
+def draw_chunks_over_s(fig, L: int = 8, w: int = 2):
+    """Explorer 1, chunks over S: the L' x L' score matrix (L' = L padded), band shaded, chunks outlined."""
+    work = chunk_work(L, w)
+    Lp = work["padded_len"]
+    band = dense_band_mask(Lp, w).numpy()
+    pos = np.arange(Lp)
+    padding = (pos[:, None] >= L) | (pos[None, :] >= L)
+    colors = np.where(padding & band, INVALID_COLOR, None)
+    ax = fig.add_subplot(1, 1, 1)
+    draw_matrix(ax, text=np.full((Lp, Lp), "", dtype=object), shade=band & ~padding, colors=colors,
+                row_names=token_names(Lp) if Lp <= 24 else None, col_names=token_names(Lp) if Lp <= 24 else None)
+    outline_chunks(ax, Lp, w)
+    count = work["chunks"]
+    ax.set_title(
+        f"L = {L} (padded to {Lp}), w = {w}: C = {count} chunk{'s' * (count != 1)}\n"
+        f"useful N = {work['useful']}, computed C(2w)² = {work['computed']}, wasted = {work['wasted']}",
+        fontsize=10,
+    )
+    if count <= len(CHUNK_COLORS):  # beyond that the colours repeat: no legend
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+
+
+# --- Explorer 2: the skew ------------------------------------------------------------------------
+
+SKEW_STAGES = ("the chunk", "pad", "flat memory", "view", "slice")
 
 
 def skew_stages(chunk_index: int = 0, window: int = 2, seq_len: int = 8) -> dict:
@@ -124,33 +174,35 @@ def draw_skew(fig, stage: int = 0, chunk_index: int = 0, window: int = 2, seq_le
     """Explorer 2: one stage of the skew of a labelled chunk, cells coloured by their diagonal."""
     w = window
     name = SKEW_STAGES[stage]
-    flat = name == "flat memory"
     labels = score_labels(skew_stages(chunk_index, w, seq_len)["flat memory"])
     pos = skew_positions(stage, w)
     query, key = pos // (4 * w), pos % (4 * w) - w  # the query row and key column in the chunk
-    colors = diagonal_colors(key - query, (key >= 0) & (key < 2 * w))
+    colors = index_colors(key - query, (key >= 0) & (key < 2 * w))
     colors[pos < 0] = "white"
-    ax = fig.add_axes((0.02, 0.25, 0.96, 0.4)) if flat else fig.add_subplot(1, 1, 1)
-    draw_matrix(ax, text=np.where(pos < 0, "", labels[pos]), colors=colors, fontsize=8 if flat else 9,
-                row_names=None if flat else token_names(2 * w, chunk_index * w + 1),
-                col_names=[str(i) for i in range(pos.shape[1])] if flat else None)
-    if flat:  # thin lines: where the padded rows end; outlined: the runs the skew reads
-        for r in range(1, 2 * w):
-            ax.axvline(r * 4 * w - 0.5, color="black", linewidth=1.5)
-        for r in range(2 * w):
-            ax.add_patch(mpatches.Rectangle((r * (4 * w + 1) - 0.5, -0.5), 2 * w + 1, 1, fill=False,
-                                            edgecolor="black", linewidth=2.5))
+    text = np.where(pos < 0, "", labels[pos])
+    if name == "flat memory":  # two padded rows per line; outlined: the runs the view reads
+        ax = fig.add_axes((0.07, 0.05, 0.9, 0.6))
+        draw_memory(ax, text[0], colors[0], line=8 * w, row_len=4 * w,
+                    runs=[(x * (4 * w + 1), 2 * w + 1) for x in range(2 * w)])
+    else:
+        ax = fig.add_axes((0.07, 0.03, 0.9, 0.72))
+        draw_matrix(ax, text=text, colors=colors, fontsize=11, row_names=token_names(2 * w, chunk_index * w + 1))
     if name == "view":  # the slice that is kept
         ax.add_patch(mpatches.Rectangle((-0.5, -0.5), 2 * w + 1, 2 * w, fill=False, edgecolor="black", linewidth=2.5))
     titles = {
-        "the chunk": f"chunk {chunk_index} [{2 * w}, {2 * w}]: colour = diagonal (key - query)",
-        "pad": f"rows padded with {w} zeros on each side: [{2 * w}, {4 * w}]",
-        "flat memory": f"the same {8 * w * w} numbers in memory, row after row; outlined: what the view reads",
-        "view": f"read back with a row stride of {4 * w + 1} (one longer): each row shifts one left",
+        "the chunk": f"chunk {chunk_index}, [{2 * w}, {2 * w}]; colour = diagonal (key - query)",
+        "pad": f"each row padded with {w} zeros on each side: [{2 * w}, {4 * w}]",
+        "flat memory": f"the same {8 * w * w} numbers in memory, row after row (black ticks: where a row ends);\n"
+        f"outlined: the {2 * w + 1} numbers each row of the view reads, every {4 * w + 1} positions",
+        "view": f"read back with a row stride of {4 * w + 1}, one longer: each row starts one further right;\n"
+        f"the last row stops at the end of the memory",
         "slice": f"keep the first {2 * w + 1} columns: diagonals are now columns",
     }
-    ax.set_title(f"{stage + 1}. {name}: {titles[name]}", fontsize=10, pad=18)
+    ax.set_title(f"{stage + 1}. {name}: {titles[name]}", fontsize=11, pad=20 if name == "flat memory" else 14)
     return fig
+
+
+# --- Explorer 3: band vs dense layout -------------------------------------------------------------
 
 
 def band_and_dense_rows(token: int, seq_len: int = 8, window: int = 2) -> dict:
@@ -181,11 +233,11 @@ def draw_band_vs_dense(fig, token: int = 1, seq_len: int = 8, window: int = 2):
     dense_offsets = np.arange(L)[None, :] - np.arange(L)[:, None]
     in_band = np.abs(dense_offsets) <= w
     dense_colors = np.full((L, L), None, dtype=object)
-    dense_colors[i] = diagonal_colors(dense_offsets[i : i + 1], in_band[i : i + 1])[0]
+    dense_colors[i] = index_colors(dense_offsets[i : i + 1], in_band[i : i + 1])[0]
     dense_colors[i, ~in_band[i]] = None
     band_colors = np.full((L, 2 * w + 1), None, dtype=object)
     band_colors[~mask] = INVALID_COLOR
-    band_colors[i] = diagonal_colors(np.arange(-w, w + 1)[None, :], mask[i : i + 1])[0]
+    band_colors[i] = index_colors(np.arange(-w, w + 1)[None, :], mask[i : i + 1])[0]
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     dense = band_to_dense(band.masked_fill(~torch.from_numpy(mask), 0))
     draw_matrix(ax1, text=score_labels(dense, in_band), shade=in_band, colors=dense_colors,
@@ -202,10 +254,13 @@ def draw_band_vs_dense(fig, token: int = 1, seq_len: int = 8, window: int = 2):
     return fig
 
 
+# --- Explorer 4: the attention of one token ---------------------------------------------------------
+
+
 def token_attention(token: int, window: int, seq_len: int = 16, dim: int = 8, seed: int = 0) -> torch.Tensor:
     """Explorer 4's numbers: the softmax weights [L] of query ``token`` (from 1) over all L keys.
 
-    Random q, k [1, L, 1, dim] from ``torch.manual_seed(seed)``, default scale 1 / sqrt(dim),
+    Random q, k [1, L, 1, dim] from a generator seeded with ``seed``, default scale 1 / sqrt(dim),
     computed with the package's steps (padded to a whole number of chunks, invalid keys masked);
     keys outside the window get weight 0.
     """
@@ -246,46 +301,94 @@ def draw_token_attention(fig, token: int = 8, window: int = 2, seq_len: int = 16
     return fig
 
 
-# --- Explorer 1: chunks over S ------------------------------------------------------------------
+# --- Explorer 5: the second skew and the 3w value chunks ------------------------------------------
+
+UNSKEW_STAGES = ("the band rows", "pad", "flat memory", "view", "times the value chunk")
 
 
-def chunk_work(seq_len: int, window: int) -> dict:
-    """What the chunks of Explorer 1 cost, for L tokens and a one-sided window w.
+def unskew_stages(block: int = 1, window: int = 2, seq_len: int = 8) -> dict:
+    """The second skew of block g's band rows, stage by stage, on the labelled example: what explorer 5 draws.
 
-    The chunks run at the padded length L' = ``padded_length(L, w)``; there are C = L' // w - 1 of
-    them, each a 2w x 2w block of products. Only the P = L (2w + 1) - w (w + 1) pairs of real
-    tokens with ``|i - j| <= w`` are useful (w clipped to L - 1); the rest of the C (2w)^2 are wasted.
+    Block g holds the queries g w .. g w + w - 1. Returns its band rows [w, 2w + 1] (labels 10 i + j,
+    0 where the key does not exist); the rows padded with w zeros on the right [w, 3w + 1]; the same
+    numbers as flat memory [w (3w + 1)]; that memory read with a row stride one shorter, 3w, as a
+    [w, 3w] view, which is ``unskew`` of the rows; and value chunk g [3w, d] of ``value_chunks``,
+    tokens (g - 1) w .. (g + 2) w - 1 (zeros outside the sequence), that the view multiplies.
     """
-    from .chunks import num_chunks
+    w = window
+    q, k, v = labelled_qkv(seq_len)
+    band = band_scores(chunk_scores(chunk(merge_heads(q), w), chunk(merge_heads(k), w)))[0]  # L x (2w + 1)
+    rows = band[block * w : block * w + w]  # w x (2w + 1)
+    padded = F.pad(rows, (0, w))  # w x (3w + 1)
+    flat = padded.flatten()
+    view = flat.as_strided((w, 3 * w), (3 * w, 1))  # row x starts x places before padded row x
+    values = value_chunks(merge_heads(v), w)[0, block]  # 3w x d
+    return {"the band rows": rows, "pad": padded, "flat memory": flat, "view": view, "value chunk": values}
 
-    padded = padded_length(seq_len, window)
-    count = num_chunks(padded, window)
-    reach = min(window, seq_len - 1)  # a window wider than the sequence sees no more keys
-    useful = seq_len * (2 * reach + 1) - reach * (reach + 1)
-    computed = count * (2 * window) ** 2
-    return dict(padded_len=padded, chunks=count, useful=useful, computed=computed, wasted=computed - useful)
+
+def unskew_positions(stage: int, window: int = 2) -> np.ndarray:
+    """Where each cell of a stage of explorer 5 sits in the padded band rows' flat memory.
+
+    The padded rows are [w, 3w + 1], so position p is row p // (3w + 1), column p % (3w + 1). The
+    view reads row x from position 3w x on: the row stride one shorter.
+    """
+    w = window
+    row = 3 * w + 1
+    x = np.arange(w)[:, None]
+    name = UNSKEW_STAGES[stage]
+    if name == "the band rows":
+        return x * row + np.arange(2 * w + 1)
+    if name == "pad":
+        return np.arange(w * row).reshape(w, row)
+    if name == "flat memory":
+        return np.arange(w * row)[None, :]
+    return x * 3 * w + np.arange(3 * w)  # the view, alone or beside its value chunk
 
 
-def draw_chunks_over_s(fig, L: int = 8, w: int = 2):
-    """Explorer 1, chunks over S: the L' x L' score matrix (L' = L padded), band shaded, chunks outlined."""
-    from .plotting import CHUNK_COLORS, outline_chunks
-    from .reference import dense_band_mask
-
-    work = chunk_work(L, w)
-    Lp = work["padded_len"]
-    band = dense_band_mask(Lp, w).numpy()
-    pos = np.arange(Lp)
-    padding = (pos[:, None] >= L) | (pos[None, :] >= L)
-    colors = np.where(padding & band, INVALID_COLOR, None)
-    ax = fig.add_subplot(1, 1, 1)
-    draw_matrix(ax, text=np.full((Lp, Lp), "", dtype=object), shade=band & ~padding, colors=colors,
-                row_names=token_names(Lp) if Lp <= 24 else None, col_names=token_names(Lp) if Lp <= 24 else None)
-    outline_chunks(ax, Lp, w)
-    count = work["chunks"]
-    ax.set_title(
-        f"L = {L} (padded to {Lp}), w = {w}: C = {count} chunk{'s' * (count != 1)}\n"
-        f"useful P = {work['useful']}, computed C(2w)² = {work['computed']}, wasted = {work['wasted']}",
-        fontsize=10,
-    )
-    if count <= len(CHUNK_COLORS):  # beyond that the colours repeat: no legend
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+def draw_unskew(fig, stage: int = 0, block: int = 1, window: int = 2, seq_len: int = 8):
+    """Explorer 5: one stage of the second skew of a labelled block, cells coloured by their key."""
+    w, L, g = window, seq_len, block
+    name = UNSKEW_STAGES[stage]
+    stages = unskew_stages(g, w, seq_len)
+    labels = score_labels(stages["flat memory"])
+    pos = unskew_positions(stage, w)
+    x, t = pos // (3 * w + 1), pos % (3 * w + 1)  # the query row and band column of each number
+    key = g * w + x + t - w  # its key's index (from 0)
+    real = (t <= 2 * w) & (key >= 0) & (key < L)
+    colors = index_colors(key, real)
+    colors[t > 2 * w] = "white"  # the padding zeros
+    first_key = g * w - w  # value chunk g starts here
+    keys = [str(j + 1) if 0 <= j < L else "pad" for j in range(first_key, first_key + 3 * w)]
+    queries = token_names(w, g * w + 1)
+    if name == "flat memory":
+        ax = fig.add_axes((0.07, 0.05, 0.9, 0.6))
+        draw_memory(ax, labels[pos[0]], colors[0], line=pos.shape[1], row_len=3 * w + 1,
+                    runs=[(r * 3 * w, 3 * w) for r in range(w)])
+    elif name == "times the value chunk":
+        ax = fig.add_axes((0.05, 0.04, 0.58, 0.64))
+        draw_matrix(ax, text=labels[pos], colors=colors, fontsize=11, row_names=queries, col_names=keys)
+        ax_v = fig.add_axes((0.72, 0.04, 0.25, 0.64))
+        chunk_keys = np.arange(first_key, first_key + 3 * w)
+        inside = (chunk_keys >= 0) & (chunk_keys < L)
+        v_colors = np.repeat(index_colors(chunk_keys, inside)[:, None], stages["value chunk"].shape[1], axis=1)
+        draw_matrix(ax_v, stages["value chunk"], colors=v_colors, fontsize=11, row_names=keys,
+                    col_names=["a", "b"])
+        fig.text(0.675, 0.36, "×", fontsize=22, ha="center", va="center")
+    else:
+        ax = fig.add_axes((0.07, 0.03, 0.9, 0.68))
+        col_names = {"the band rows": [f"{o:+d}" if o else "0" for o in range(-w, w + 1)], "view": keys}
+        draw_matrix(ax, text=labels[pos], colors=colors, fontsize=11, row_names=queries,
+                    col_names=col_names.get(name))
+    titles = {
+        "the band rows": f"block {g}: queries {g * w + 1}-{g * w + w}, [{w}, {2 * w + 1}], one column per offset;\n"
+        "colour = key (grey: no key)",
+        "pad": f"each row padded with {w} zeros on the right: [{w}, {3 * w + 1}]",
+        "flat memory": f"the same {w * (3 * w + 1)} numbers in memory, row after row (black ticks: where a row ends);\n"
+        f"outlined: the {3 * w} numbers each row of the view reads, every {3 * w} positions",
+        "view": f"read back with a row stride of {3 * w}, one shorter: each row starts one further left,\n"
+        f"so its numbers land one further right: one key per column (tokens on top)",
+        "times the value chunk": f"[{w}, {3 * w}] × value chunk {g}, [{3 * w}, d] with v_j = (j, 1):\n"
+        "column y of the block meets row y of the chunk, the same key",
+    }
+    fig.text(0.5, 0.98, f"{stage + 1}. {name}: {titles[name]}", fontsize=11, ha="center", va="top")
+    return fig

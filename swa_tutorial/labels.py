@@ -1,8 +1,8 @@
-"""Labelled inputs for the seed's example, so that every score prints as its own label.
+"""Labelled inputs for the worked example, so that every score prints as its own label.
 
 With d_model = 2, take q_i = (i, 1) and k_j = (10, j) for tokens i, j = 1 .. L. Then
 q_i . k_j = 10 i + j: the score of token 2's query against token 1's key prints as 21, exactly
-the seed's label "21". Run the real algorithm on these and every intermediate tensor shows
+the source document's label "21". Run the real algorithm on these and every intermediate tensor shows
 which (query, key) pair each number belongs to (for L <= 9, where the labels are unambiguous).
 """
 

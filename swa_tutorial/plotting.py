@@ -1,4 +1,4 @@
-"""Pictures in the spirit of the seed: small labelled matrices, the band shaded, chunks outlined.
+"""Pictures in the spirit of the source document: small labelled matrices, the band shaded, chunks outlined.
 
 Every function draws onto a matplotlib ``Axes`` it is given and returns it, so the chapters, the
 live explorers and the kernel-free explorers all draw the same pictures. Tensors are accepted
@@ -25,7 +25,7 @@ def as_array(x) -> np.ndarray:
 
 
 def token_names(n: int, first: int = 1) -> list[str]:
-    """Tick labels for n tokens, numbered from ``first`` as in the seed (1 .. n)."""
+    """Tick labels for n tokens, numbered from ``first`` as in the source document (1 .. n)."""
     return [str(i) for i in range(first, first + n)]
 
 
@@ -108,6 +108,56 @@ def score_labels(scores, mask=None) -> np.ndarray:
     if mask is not None:
         text[~as_array(mask).astype(bool)] = ""
     return text
+
+
+def draw_memory(ax, text, colors, *, line: int, row_len: int, runs=(), fontsize=11):
+    """Flat memory, one cell per number, wrapped into lines of ``line`` cells: position p sits in
+    line p // line, column p % line.
+
+    text, colors: [n], one label and one colour (or None) per position. A thick black tick marks
+    where each row of ``row_len`` numbers ends in memory; ``runs`` are (start, length) ranges of
+    positions outlined in black, split where they cross the end of a line.
+    """
+    n = len(text)
+    lines = -(-n // line)
+    pos = np.arange(lines * line).reshape(lines, line)
+    inside = pos < n
+    cell_text = np.where(inside, np.asarray(text, dtype=object)[pos.clip(max=n - 1)], "")
+    cell_colors = np.where(inside, np.asarray(colors, dtype=object)[pos.clip(max=n - 1)], "white")
+    draw_matrix(ax, text=cell_text, colors=cell_colors, fontsize=fontsize,
+                row_names=[str(p) for p in pos[:, 0]], col_names=[f"+{c}" for c in range(line)])
+    for end in range(row_len, n, row_len):  # where a row of the matrix ends
+        ln, col = divmod(end, line)
+        if col:
+            ax.plot([col - 0.5] * 2, [ln - 0.5, ln + 0.5], color="black", linewidth=3, solid_capstyle="butt")
+    for start, length in runs:
+        while length > 0:
+            ln, col = divmod(start, line)
+            piece = min(length, line - col)
+            ax.add_patch(mpatches.Rectangle((col - 0.5, ln - 0.5), piece, 1, fill=False,
+                                            edgecolor="black", linewidth=2.5, zorder=3))
+            start, length = start + piece, length - piece
+    return ax
+
+
+def mark_row_ranges(ax, ranges, labels, *, width=0.9, fontsize=11):
+    """Coloured bars right of a matrix drawn on ``ax``, one per (first, last) range of its rows.
+
+    Bar k spans rows first .. last in ``CHUNK_COLORS[k]`` with ``labels[k]`` written beside it,
+    upright, so that neighbouring labels never collide. The bars live in an inset axes right of
+    ``ax`` (``width`` is its width as a fraction of ``ax``'s), which follows ``ax`` wherever the
+    layout puts it.
+    """
+    bars = ax.inset_axes((1.03, 0, width, 1))
+    bars.set_ylim(ax.get_ylim())
+    bars.set_xlim(0, len(ranges))
+    bars.axis("off")
+    for k, ((first, last), label) in enumerate(zip(ranges, labels)):
+        color = CHUNK_COLORS[k % len(CHUNK_COLORS)]
+        bars.plot([k + 0.25] * 2, [first - 0.4, last + 0.4], color=color, linewidth=5, solid_capstyle="butt")
+        bars.text(k + 0.45, (first + last) / 2, label, rotation=90, ha="left", va="center", color=color,
+                  fontsize=fontsize)
+    return bars
 
 
 RANK_COLORS = ("#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fc9272", "#c7c7c7")  # one per rank, cycled

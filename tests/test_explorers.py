@@ -18,7 +18,7 @@ import pytest  # noqa: E402
 
 from swa_tutorial import explorers  # noqa: E402
 
-# The explorers and sliders of the chapters (04, 08, 09, 10).
+# The explorers and sliders of the chapters (04, 08, 09, 10 twice).
 CASES = {
     "chunks_over_s": (explorers.draw_chunks_over_s,
                       dict(L=widgets.IntSlider(8, 2, 40), w=widgets.IntSlider(2, 1, 8))),
@@ -27,6 +27,8 @@ CASES = {
     "band_vs_dense": (explorers.draw_band_vs_dense, dict(token=widgets.IntSlider(1, 1, 8))),
     "token_attention": (explorers.draw_token_attention,
                         dict(token=widgets.IntSlider(8, 1, 16), window=widgets.IntSlider(2, 1, 6))),
+    "unskew": (explorers.draw_unskew,
+               dict(stage=widgets.IntSlider(0, 0, 4), block=widgets.IntSlider(1, 0, 3))),
 }
 
 

@@ -3,8 +3,8 @@
 nbval re-runs each notebook and compares fresh outputs with the stored ones, but a cell that was
 never executed has nothing stored, so it passes without checking anything. These tests fail on
 such cells, on stored errors a cell does not declare, on notebooks left out of the table of
-contents, on a stale Colab setup cell, and on outputs that leak paths of the machine that ran
-them.
+contents, on a stale Colab setup cell, on outputs that leak paths of the machine that ran
+them, and on live widgets left in the static page.
 """
 
 from __future__ import annotations
@@ -120,3 +120,18 @@ def test_no_machine_paths_in_outputs(path):
             for text in _output_texts(output):
                 match = MACHINE_PATH.search(text)
                 assert not match, f"{_id(path)}: cell {i} stores a path of the machine: ...{text[max(0, match.start() - 40):match.end() + 40]}..."
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
+def test_live_widgets_are_left_out_of_the_static_page(path):
+    """A widget needs a kernel: in the static page its cell would show code and nothing else.
+
+    Its cell stays in the notebook (nbval runs it; Jupyter and Colab show it) and is tagged
+    ``remove-cell`` for the book, whose kernel-free explorers stand in for it.
+    """
+    for i, cell in _code_cells(path):
+        if any(WIDGET_VIEW in output.get("data", {}) for output in cell.get("outputs", [])):
+            assert "remove-cell" in _tags(cell), f"{_id(path)}: cell {i} shows a live widget; tag it remove-cell"

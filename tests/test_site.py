@@ -10,6 +10,8 @@ without them, so on every page:
 * every image is present and decoded (``naturalWidth > 0``), and every ``<figure>`` holds one;
 * every link into the book resolves: the file exists, and so does the ``#anchor`` in it;
 * every equation is typeset by the MathJax bundled into the book (no CDN);
+* nothing is wider than the text column at a 1280-pixel window: no figure, table, output, code
+  or equation reaches past its right edge or needs a scroll bar (folded cells are unfolded);
 * every kernel-free explorer responds to its controls (see ``EXPLORERS``); a page with live
   widgets has at least one, because a widget never runs in the static page;
 * a chapter made from a notebook has a Colab button that opens that notebook on the repository
@@ -291,6 +293,27 @@ MATH_JS = """async () => {
     };
 }"""
 
+# What is wider than the text column. Every folded block is opened first (the folded code of a
+# cell is read too, once unfolded). A block is too wide if it reaches past the right edge of the
+# column's content box, or if its content is wider than the block itself (it scrolls or clips).
+WIDE_JS = """() => {
+    for (const d of document.querySelectorAll("article details")) d.open = true;
+    const column = document.querySelector("article.bd-article") || document.querySelector("main");
+    const style = getComputedStyle(column);
+    const edge = column.getBoundingClientRect().right - parseFloat(style.paddingRight);
+    const blocks = "figure, img, table, pre, .cell_output, .output, .animation, .pst-scrollable-table-container, "
+        + "div.math, mjx-container[display='true'], .highlight";
+    return [...column.querySelectorAll(blocks)].filter(e => e.checkVisibility()).flatMap(e => {
+        const right = e.getBoundingClientRect().right;
+        const scrolls = e.scrollWidth > e.clientWidth + 1;
+        if (!scrolls && right <= edge + 1) return [];
+        const what = e.tagName.toLowerCase() + (e.className ? "." + String(e.className).split(" ")[0] : "");
+        const text = (e.innerText || e.getAttribute("src") || "").trim().split("\\n")[0].slice(0, 60);
+        return [`${what} "${text}": content ${e.scrollWidth} px in ${e.clientWidth} px, right edge `
+                + `${Math.round(right)} px, the column's ${Math.round(edge)} px`];
+    });
+}"""
+
 # What an explorer shows: its visible images (src), canvases, inline SVGs and text.
 SHOWN_JS = """async (root) => {
     const shown = [...root.querySelectorAll("img, canvas, svg")].filter(e => e.checkVisibility());
@@ -460,6 +483,9 @@ def test_page_reads_well_offline(page, visit, report):
     ]
     problems += [f"figure without an image: {f}" for f in images["emptyFigures"]]
 
+    wide = v.page.evaluate(WIDE_JS)
+    problems += [f"wider than the text column: {w}" for w in wide]
+
     links, checked_links = broken_links(v)
     problems += [f"broken link: {b}" for b in links]
     problems += colab_problems(v, page)
@@ -477,6 +503,7 @@ def test_page_reads_well_offline(page, visit, report):
         "images": len(images["images"]),
         "links_checked": checked_links,
         "equations": math["count"],
+        "wider_than_the_column": len(wide),
         "explorers": explorers,
         "live_widgets": widgets,
         "problems": problems,

@@ -1,0 +1,247 @@
+"""The exercises: every check accepts the book's solution, and says exactly what is wrong with
+the empty function of the exercise cell and with the typical wrong answers below.
+
+The solutions are not copied here: they are read from the chapters' cells tagged ``solution``
+and run, so the solution a reader unfolds is the one tested.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pathlib
+import re
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+from swa_tutorial import dense_band_mask, exercises
+from swa_tutorial.exercises import EXERCISES, check, diagnose
+
+BOOK = pathlib.Path(__file__).resolve().parent.parent / "book"
+
+
+def tagged_cells(chapter: str, tag: str) -> list[str]:
+    nb = nbformat.read(BOOK / f"{chapter}.ipynb", as_version=4)
+    return [c.source for c in nb.cells if tag in c.metadata.get("tags", [])]
+
+
+def cell_of(name: str, tag: str) -> str:
+    """The one cell tagged ``tag`` in the exercise's chapter that checks exercise ``name``."""
+    cells = [s for s in tagged_cells(EXERCISES[name].chapter, tag) if f'check("{name}", {name})' in s]
+    assert len(cells) == 1, f"{EXERCISES[name].chapter}: {len(cells)} cells tagged {tag} check {name}"
+    return cells[0]
+
+
+def defined(name: str, *sources: str):
+    """Run cells (their output swallowed) and return the function ``name`` they define."""
+    namespace = {"torch": torch, "F": F, "check": check}  # what the chapter imported before
+    with contextlib.redirect_stdout(io.StringIO()):
+        for source in sources:
+            exec(source, namespace)  # noqa: S102  (the book's own cells)
+    return namespace[name]
+
+
+def first_call(name: str) -> str:
+    return next(iter(EXERCISES[name].cases())).call
+
+
+@pytest.mark.parametrize("chapter", [f.stem for f in sorted(BOOK.glob("[01][0-9]_*.ipynb"))][1:11])
+def test_chapters_2_to_11_have_one_to_three_exercises(chapter):
+    names = [e.name for e in EXERCISES.values() if e.chapter == chapter]
+    assert 1 <= len(names) <= 3, (chapter, names)
+    assert len(tagged_cells(chapter, "exercise")) == len(tagged_cells(chapter, "solution")) == len(names)
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_solution_in_the_book_is_right(name):
+    answer = defined(name, cell_of(name, "exercise"), cell_of(name, "solution"))
+    assert diagnose(name, answer) is None
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_the_empty_exercise_is_reported_as_not_written(name):
+    stub = defined(name, cell_of(name, "exercise"))
+    assert diagnose(name, stub) == (
+        f"{first_call(name)} returned None: fill in the function body (in place of the ...)"
+    )
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_solutions_are_folded_and_exercises_are_not(name):
+    nb = nbformat.read(BOOK / f"{EXERCISES[name].chapter}.ipynb", as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if f'check("{name}", {name})' in cell.source:
+            assert ("hide-input" in tags) == ("solution" in tags), (name, tags)
+
+
+# Typical wrong answers and what check must say about each: the exact message where the numbers
+# are small enough to derive by hand, else its beginning (the call and the first wrong entry).
+
+
+def band_pairs_without_corners(L, w):
+    return L * (2 * w + 1)  # forgets the triangles at both ends
+
+
+def strict_band(L, w):
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    return (i - j).abs() < w
+
+
+def int_band(L, w):
+    i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
+    return ((i - j).abs() <= w).int()
+
+
+def unscaled_query(q, k, v, i, w):
+    lo, hi = max(0, i - w), min(len(q), i + w + 1)
+    return (k[lo:hi] @ q[i]).softmax(0) @ v[lo:hi]
+
+
+def one_key_short(q, k, v, i, w):
+    lo, hi = max(0, i - w), min(len(q), i + w)  # misses key i + w
+    return (k[lo:hi] @ q[i] / q.shape[1] ** 0.5).softmax(0) @ v[lo:hi]
+
+
+def chunk_copy(x, w):
+    return x.unfold(1, 2 * w, w).transpose(-1, -2).contiguous()
+
+
+def chunks_without_overlap(x, w):
+    BH, L, d = x.shape
+    return x.reshape(BH, L // (2 * w), 2 * w, d)
+
+
+def skew_stride_not_longer(m, w):
+    padded = F.pad(m, (w, w))
+    return padded.as_strided((*padded.shape[:-1], 2 * w + 1), (*padded.stride()[:-2], 4 * w, 1))
+
+
+def softmax_with_nan_rows(scores, mask):
+    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+
+
+def values_padded_at_the_end(v, w):
+    return F.pad(v, (0, 0, 0, 2 * w)).unfold(1, 3 * w, w).transpose(-1, -2)
+
+
+def symmetric_layer(q, k, v, w):
+    from swa_tutorial import (band_mask, band_scores, band_softmax, band_times_values, chunk, chunk_scores,
+                              merge_heads, split_heads)
+
+    B, L, H, d = q.shape
+    qm, km, vm = (merge_heads(x) for x in (q, k, v))
+    band = band_scores(chunk_scores(chunk(qm / d**0.5, w), chunk(km, w)))
+    return split_heads(band_times_values(band_softmax(band, band_mask(L, w)), vm), B)  # sees the future too
+
+
+WRONG = [
+    ("band_pairs", band_pairs_without_corners,  # L = 2, w = 1: 2 rows of 3 cells, 2 of them missing
+     "band_pairs(L=2, w=1): got 6, expected 4 (expected from dense_band_mask(2, 1).sum())"),
+    ("dense_band_mask", strict_band,  # L = 2, w = 1: only the diagonal is kept, 2 of 4 cells lost
+     "dense_band_mask(L=2, w=1): entry [query 0, key 1]: got False, expected True (2 of 4 entries differ)"),
+    ("dense_band_mask", int_band, "dense_band_mask(L=1, w=1): got dtype torch.int32, expected torch.bool"),
+    ("attend_one_query", unscaled_query,  # one key alone has weight 1 whatever the scale: case 2 fails
+     "attend_one_query(q, k, v, i=0, w=1) with q, k, v [5, 3]: entry [component 0]: got "),
+    ("attend_one_query", one_key_short,  # query 0 of a 1-token sequence has no key to lose; L = 5 has
+     "attend_one_query(q, k, v, i=0, w=1) with q, k, v [5, 3]: entry [component 0]: got "),
+    ("num_chunks", lambda L, w: L // w, "num_chunks(L=2, w=1): got 2, expected 1"),
+    ("padded_length", lambda L, w: -(-L // (2 * w)) * 2 * w,  # Longformer's multiple of 2w
+     "padded_length(L=3, w=1): got 4, expected 3"),
+    ("shared_chunk", lambda i, j, w, L: min(i, j) // w,  # misses the exception: the last w tokens
+     "shared_chunk(i=1, j=1, w=1, L=2): got chunk 1, but there are only C = 1 chunks, 0 .. 0 "
+     "(expected from chunk(arange(L), w))"),
+    ("shared_chunk", lambda i, j, w, L: i // w if i < L - w else L // w - 2,  # the query's block only
+     "shared_chunk(i=1, j=0, w=1, L=3): got chunk 1, which holds the indices 1 .. 2, not 0 "
+     "(expected from chunk(arange(L), w))"),
+    ("merge_heads", lambda x: x.reshape(x.shape[0] * x.shape[2], x.shape[1], x.shape[3]),  # no transpose
+     "merge_heads(x) with x [B, L, H, d] = [2, 4, 3, 3]: entry [row 0, token 1, component 0]: got "),
+    ("split_heads", lambda x, B: x.reshape(B, x.shape[1], x.shape[0] // B, x.shape[2]),
+     "split_heads(x, B=2) with x [B*H, L, d] = [6, 4, 3]: entry [batch 0, token 0, head 1, component 0]: got "),
+    ("chunk", chunk_copy, "chunk(x, w=2) with x [B*H, L, d] = [1, 8, 2]: got a copy, expected a view of the "
+     "input (the same memory: no number copied)"),
+    ("chunk", chunks_without_overlap, "chunk(x, w=2) with x [B*H, L, d] = [1, 8, 2]: got shape [1, 2, 4, 2], "
+     "expected [1, 3, 4, 2] ([row, chunk, x, component])"),
+    ("chunk_position", lambda r, c, x, e, L, d, w: r * L * d + c * 2 * w * d + x * d + e,  # chunk step 2w
+     "chunk_position(r=0, c=1, x=0, e=0, L=8, d=2, w=2): got 8, expected 4 "
+     "(expected from chunk(arange(B*H*L*d).reshape(B*H, L, d), w))"),
+    ("chunk_scores", lambda qc, kc: torch.einsum("rcxd,rcyd->rcyx", qc, kc),  # keys down the rows
+     "chunk_scores(q_chunks, k_chunks) with chunks [B*H, C, 2w, d] = [1, 3, 4, 2]: entry [row 0, chunk 0, "
+     "x 0, y 1]: got "),
+    ("wasted_scores", lambda L, w: ((L // w - 1) * w * (w - 1), (L // w - 2) * w * w),  # swapped
+     "wasted_scores(L=3, w=1): element 0: got 0, expected 1 "
+     "(expected from counting each chunk's cells in dense_band_mask)"),
+    ("skew_chunk", skew_stride_not_longer,  # a row stride of 4w reads each row from its own start
+     "skew_chunk(m, w=2) with m [1, 3, 4, 4]: entry [0, 0, x 1, t 1]: got 0, expected 21 "),
+    ("view_row_lengths", lambda w: [4 * w + 1] * (2 * w),  # as if the memory never ended: 8 numbers for w = 1
+     "view_row_lengths(w=1): element 1: got 5, expected 3 (expected from swa_tutorial.explorers.skew_stages)"),
+    ("dense_to_band", lambda S, w: dense_to_band_reversed(S, w), "dense_to_band(S, w=2) with S [8, 8]: entry "
+     "[query 0, t 0]: got "),
+    ("band_mask", lambda L, w: (torch.arange(L)[:, None] + torch.arange(-w, w + 1)) < L,  # forgets key >= 0
+     "band_mask(L=1, w=1): entry [query 0, t 0]: got True, expected False (1 of 3 entries differ)"),
+    ("band_softmax", softmax_with_nan_rows, "band_softmax(scores, mask) with scores [2, 8, 5] and padding keys: "
+     "entry [batch 1, query 0, t 0]: got nan, expected 0 "),
+    ("unskew", lambda rows: F.pad(rows, (0, rows.shape[-2] - 1)),  # the right shape, no shift
+     "unskew(rows) with rows [2, 5], w = 2: entry [x 1, y 0]: got "),
+    ("value_chunks", values_padded_at_the_end, "value_chunks(v, w=2) with v [B*H, L, d] = [1, 8, 2]: entry "
+     "[row 0, block 0, y 0, component 0]: got "),
+    ("causal_layer", symmetric_layer, "causal_layer(q, k, v, w=2) with [B, L, H, d] = [1, 8, 1, 2]: entry "
+     "[batch 0, query 0, head 0, component 0]: got "),
+    ("chunked_multiply_adds", lambda L, w, d: (L // w - 1) * 4 * w * w * d,  # forgets P x V: 2 blocks [1, 3]
+     "chunked_multiply_adds(L=2, w=1, d=1): got 4, expected 10 (expected from the shapes of chunk_scores and "
+     "unskew)"),
+]
+
+
+def dense_to_band_reversed(S, w):
+    L = S.shape[-1]
+    key = torch.arange(L)[:, None] - torch.arange(-w, w + 1)  # offsets the wrong way round
+    inside = (key >= 0) & (key < L)
+    picked = S.gather(-1, key.clamp(0, L - 1).expand(*S.shape[:-1], -1))
+    return picked.masked_fill(~inside, 0)
+
+
+@pytest.mark.parametrize("name, answer, message", WRONG, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(WRONG)])
+def test_a_typical_wrong_answer_gets_its_specific_message(name, answer, message):
+    got = diagnose(name, answer)
+    assert got is not None, f"{name}: the wrong answer passed"
+    assert got.startswith(message), f"\n got: {got}\nwant: {message}"
+
+
+def test_every_exercise_has_a_typical_wrong_answer():
+    assert {name for name, _, _ in WRONG} == set(EXERCISES)
+
+
+def test_an_error_in_the_answer_is_reported_with_the_call():
+    def broken(L, w):
+        return L / 0
+
+    assert diagnose("num_chunks", broken) == "num_chunks(L=2, w=1) raised ZeroDivisionError: division by zero"
+
+
+def test_check_prints_its_verdict(capsys):
+    check("num_chunks", lambda L, w: L // w - 1)
+    assert capsys.readouterr().out.startswith("✓ num_chunks: right on all ")
+    check("num_chunks", lambda L, w: L // w)
+    out = capsys.readouterr().out
+    assert out == "✗ num_chunks(L=2, w=1): got 2, expected 1\n"
+    assert all(len(line) <= exercises.WIDTH for line in out.splitlines())
+
+
+def test_an_unknown_exercise_is_a_value_error():
+    with pytest.raises(ValueError, match=re.escape("no exercise named 'nope'")):
+        check("nope", print)
+
+
+def test_another_right_answer_is_accepted():
+    """The chunk of the larger index, one step back, also holds both: check accepts any right chunk."""
+    assert diagnose("shared_chunk", lambda i, j, w, L: max(0, max(i, j) // w - 1)) is None
+
+
+def test_expected_values_come_from_the_package():
+    """A check whose expected values were stored would pass a frozen answer: they are computed."""
+    cases = list(EXERCISES["band_pairs"].cases())
+    assert all(c.expected == int(dense_band_mask(*c.args).sum()) for c in cases)

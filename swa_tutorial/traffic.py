@@ -23,8 +23,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .backends.triton_kernel import key_tile_span
-
 # Operators that write their destination without reading it first.
 _OVERWRITE = {"aten.copy_.default", "aten.fill_.Scalar", "aten.zero_.default"}
 
@@ -113,6 +111,8 @@ class TileWork(NamedTuple):
 def tile_work(seq_len: int, window, block_rows: int, block_cols: int) -> TileWork:
     """The key tiles each query tile of ``block_rows`` queries visits, from the kernel's own
     classification :func:`~swa_tutorial.backends.triton_kernel.key_tile_span`; window (left, right)."""
+    from .backends.triton_kernel import key_tile_span  # here: the counting above needs no other module
+
     left, right = window
     row_tiles, col_tiles = -(-seq_len // block_rows), -(-seq_len // block_cols)
     full = partial = keys = cells = 0

@@ -7,8 +7,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from swa_tutorial import sliding_window_attention
 from swa_tutorial.backends import chunks
 from swa_tutorial.bench import bandwidth
+from swa_tutorial.bench import traffic as traffic_tool
 from swa_tutorial.traffic import count_traffic, fused_traffic, tile_work, touched_bytes
 from swa_tutorial.windows import window_mask
 
@@ -101,3 +103,28 @@ def test_bandwidth_run_records_rates_with_provenance():
         assert r["bytes"] == nbytes and r["bytes_per_s"] == pytest.approx(nbytes / r["median_s"])
         low, high = r["bytes_per_s_quartiles"]
         assert 0 < low <= r["bytes_per_s"] <= high
+
+
+def chunked_product_flops(B, H, L, d, w):
+    """The chunked path's two products, as Part I derives them: C = L'/w - 1 chunk products of
+    2w x 2w x d and L' rows of 3w x d for P x V (L' = L rounded up to a multiple of w)."""
+    Lp = -(-L // w) * w
+    return 2 * B * H * d * ((Lp // w - 1) * (2 * w) ** 2 + Lp * 3 * w)
+
+
+def test_the_chunked_path_counted_at_a_commit_and_here():
+    """The tool counts the package of a commit (here HEAD) in a fresh process; its product FLOPs
+    are Part I's, and so are those counted in this process on today's code."""
+    bench = {"config": {"B": 1, "H": 2, "d": 8, "window": 4},
+             "results": [{"impl": "swa", "dtype": "float32", "L": L, "mode": "fwd", "status": "ok"} for L in (16, 20)]
+             + [{"impl": "swa", "dtype": "float32", "L": 24, "mode": "fwd+bwd", "status": "ok"},
+                {"impl": "dense_sdpa", "dtype": "float32", "L": 16, "mode": "fwd", "status": "ok"}]}
+    jobs = traffic_tool.jobs_of(bench, ("swa", "tiles"))
+    assert [(j["impl"], j["L"]) for j in jobs] == [("swa", 16), ("swa", 20)]
+    counts = traffic_tool.count_at("HEAD", jobs)
+    for count in counts:
+        assert count["flops"] == chunked_product_flops(1, 2, count["L"], 8, 4)
+        assert count["read"] > 0 and count["written"] > 0
+        q, k, v = torch.empty(3, 1, count["L"], 2, 8, device="meta")
+        _, ops = count_traffic(sliding_window_attention, q, k, v, 4)
+        assert sum(o.flops for o in ops) == count["flops"]

@@ -21,7 +21,8 @@ TILE_COLORS = {"full": "#a1d99b", "partial": "#fdd49e", "masked": "#fff3e0", "sk
 
 def tile_kinds(seq_len: int, window, block_rows: int, block_cols: int) -> np.ndarray:
     """The kind of every key tile of every query tile: str [row tiles, key tiles], each one of
-    "full", "partial", "skipped", as :func:`key_tile_span` classifies them; window (left, right)."""
+    "full", "partial", "skipped", as
+    :func:`~swa_tutorial.backends.triton_kernel.key_tile_span` classifies them; window (left, right)."""
     left, right = window
     rows, cols = -(-seq_len // block_rows), -(-seq_len // block_cols)
     kinds = np.full((rows, cols), "skipped", dtype=object)

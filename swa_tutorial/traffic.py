@@ -87,7 +87,7 @@ class _Recorder(TorchDispatchMode):
 
 
 def count_traffic(fn, *args, **kwargs):
-    """(fn(*args, **kwargs), [OpTraffic of every operator it called, in order]).
+    """``(fn(*args, **kwargs), ops)``: the result and the :class:`OpTraffic` of every operator called.
 
     Works on meta tensors (shapes only) as on real ones. Autograd's backward runs outside the
     mode: count a backward by calling it inside ``fn``.

@@ -492,16 +492,16 @@ def _tile_backward_case(q, k, v, allowed, scale: float, seed: int, what: str) ->
     """dq, dk, dv of one tile from autograd through the masked softmax, the loss
     sum(out * grad_out) + sum(lse * grad_lse) (no lse gradient on a row that sees no key)."""
     leaves = [x.clone().requires_grad_() for x in (q, k, v)]
-    probs, lse = masked_softmax(scale * leaves[0] @ leaves[1].T, allowed)  # M x N, M
+    probs, lse = masked_softmax(scale * leaves[0] @ leaves[1].T, allowed)  # R x n, R
     out = probs @ leaves[2]
     grad_out = _randn(*out.shape, seed=seed)
     grad_lse = torch.where(lse.isfinite(), _randn(*lse.shape, seed=seed + 1), 0.0)
     loss = (out * grad_out).sum() + (torch.where(lse.isfinite(), lse, 0.0) * grad_lse).sum()
     expected = torch.autograd.grad(loss, leaves)
     args = (q, k, v, allowed, out.detach(), lse.detach(), grad_out, grad_lse, scale)
-    M, N = allowed.shape
-    return Case(f"tile_backward(q, k, v, allowed, out, lse, grad_out, grad_lse, scale={scale:g}): {M} queries, "
-                f"{N} keys, {what}", args, expected,
+    R, n = allowed.shape
+    return Case(f"tile_backward(q, k, v, allowed, out, lse, grad_out, grad_lse, scale={scale:g}): {R} queries, "
+                f"{n} keys, {what}", args, expected,
                 same_tensors(("dq", "dk", "dv"), (("query", "component"), ("key", "component"), ("key", "component"))),
                 "autograd through swa_tutorial.softmax.masked_softmax")
 

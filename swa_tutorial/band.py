@@ -1,7 +1,7 @@
 """Step 4c and 5a: the band layout, its invalid ends, and the softmax over it.
 
 The band layout stores, for every query i, the 2w + 1 scores against keys i - w .. i + w:
-``band[..., i, j] = q_i . k_{i + j - w}``. Column w is the diagonal (i against itself). The
+``band[..., i, t] = q_i . k_{i + t - w}``. Column w is the diagonal (i against itself). The
 first w rows reach before token 0 and the last w rows past token L - 1: those cells hold no
 real key and are masked before the softmax, like padded keys.
 """
@@ -19,10 +19,10 @@ from .validation import check_band_width, check_chunk_window, check_int, check_s
 def band_scores(chunk_scores: torch.Tensor) -> torch.Tensor:
     """Assemble the band from the chunked product: [B*H, C, 2w, 2w] -> [B*H, (C + 1) w, 2w + 1].
 
-    Cut the L tokens into C + 1 blocks of w. Block b's queries are the top half of chunk b and
-    the bottom half of chunk b - 1. Chunk b gives them their upper diagonals 1 .. w (their keys
-    reach into block b + 1); chunk b - 1 gives them their lower diagonals -w .. 0 (keys back into
-    block b - 1). Read with :func:`skew`, both halves are views: no padding is needed because
+    Cut the L tokens into C + 1 blocks of w. Block g's queries are the top half of chunk g and
+    the bottom half of chunk g - 1. Chunk g gives them their upper diagonals 1 .. w (their keys
+    reach into block g + 1); chunk g - 1 gives them their lower diagonals -w .. 0 (keys back into
+    block g - 1). Read with :func:`skew`, both halves are views: no padding is needed because
     those diagonals lie wholly inside their chunk. Only the first block (lower diagonals, from
     chunk 0) and the last block (upper diagonals, from chunk C - 1) reach outside the chunk;
     there the skew reads zeros, which are exactly the cells before token 0 and past token L - 1.
@@ -36,8 +36,8 @@ def band_scores(chunk_scores: torch.Tensor) -> torch.Tensor:
     w = two_w // 2
     top, bottom = chunk_scores[:, :, :w], chunk_scores[:, :, w:]  # BH x C x w x 2w each
     band = chunk_scores.new_empty(BH, C + 1, w, 2 * w + 1)  # BH x blocks x w x (2w + 1)
-    band[:, :-1, :, w + 1 :] = skew(top, 1, w)  # block b, diagonals 1..w, from chunk b
-    band[:, 1:, :, : w + 1] = skew(bottom, 0, w + 1)  # block b, diagonals -w..0, from chunk b - 1
+    band[:, :-1, :, w + 1 :] = skew(top, 1, w)  # block g, diagonals 1..w, from chunk g
+    band[:, 1:, :, : w + 1] = skew(bottom, 0, w + 1)  # block g, diagonals -w..0, from chunk g - 1
     band[:, 0, :, : w + 1] = skew(top[:, 0], -w, w + 1)  # first block: keys before token 0 -> 0
     band[:, -1, :, w + 1 :] = skew(bottom[:, -1], w + 1, w)  # last block (C): keys past the end -> 0
     return band.flatten(1, 2)  # BH x L x (2w + 1)
@@ -54,7 +54,7 @@ def band_mask(
 ) -> torch.Tensor:
     """Which band cells hold a real key: bool [B, L', 2w + 1] (B = 1 without a padding mask).
 
-    ``mask[b, i, j]`` is True when key i + shift + j - w lies in 0 .. seq_len - 1 and is not
+    ``mask[b, i, t]`` is True when key i + shift + t - w lies in 0 .. seq_len - 1 and is not
     padding (``key_padding_mask`` bool [B, seq_len], True = padding). ``padded_len`` (default
     seq_len) is the number of rows L' when the sequence was padded at the end: the rows past
     seq_len are queries that will be dropped, and no row may attend to the keys past seq_len.
@@ -98,7 +98,7 @@ def band_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def dense_to_band(dense: torch.Tensor, window: int) -> torch.Tensor:
     """Dense layout to band layout: [..., L, L] -> [..., L, 2w + 1].
 
-    ``band[..., i, j] = dense[..., i, i + j - w]``; cells outside the matrix are 0.
+    ``band[..., i, t] = dense[..., i, i + t - w]``; cells outside the matrix are 0.
     """
     window = check_chunk_window(window)
     check_shape(dense, "dense", "[..., L, L]", exact_rank=False, floating=False)

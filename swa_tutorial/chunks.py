@@ -32,7 +32,7 @@ def num_chunks(seq_len: int, window: int) -> int:
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """Fold the heads into the batch: [B, L, H, d] -> [B*H, L, d].
 
-    Row b*H + h of the result is head h of batch element b. Heads never interact in attention,
+    Row r = b H + h of the result is head h of batch element b. Heads never interact in attention,
     so from here on each of the B*H rows is an independent single-head problem.
     """
     check_shape(x, "x", "[B, L, H, d]")
@@ -78,7 +78,7 @@ def chunk_scores(q_chunks: torch.Tensor, k_chunks: torch.Tensor) -> torch.Tensor
     """The chunked product: every query of a chunk against every key of the same chunk.
 
     q_chunks, k_chunks: [B*H, C, 2w, d]. Returns [B*H, C, 2w, 2w] with
-    ``out[b, c, x, y] = q[c w + x] . k[c w + y]``.
+    ``out[r, c, x, y] = q[c w + x] . k[c w + y]`` (r the merged row).
     """
     check_shape(q_chunks, "q_chunks", "[B*H, C, 2w, d]")
     check_shape(k_chunks, "k_chunks", "[B*H, C, 2w, d]")

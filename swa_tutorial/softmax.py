@@ -38,10 +38,13 @@ class _MaskedSoftmax(torch.autograd.Function):
         sees_a_key = allowed.any(dim=-1, keepdim=True)  # ... x 1
         # A row with no valid cell is given all its cells (finite: no NaN), then zeroed.
         x = x.masked_fill(~(allowed | ~sees_a_key), float("-inf"))
-        probs = torch.where(sees_a_key, x.softmax(dim=-1), 0.0)
+        row_max = x.amax(dim=-1)
+        probs = x.softmax(dim=-1)
+        del x  # (one score-sized buffer fewer at the peak: the masked scores go before the zeroing)
+        probs.masked_fill_(~sees_a_key, 0.0)
         # lse from the softmax itself: at the row's maximum m, p = exp(m - lse), so
         # lse = m - log p_max, with p_max >= 1 / n: no second pass of exponentials.
-        lse = x.amax(dim=-1) - probs.amax(dim=-1).log()
+        lse = row_max - probs.amax(dim=-1).log()
         lse = lse.masked_fill(~sees_a_key.squeeze(-1), float("-inf"))
         return probs, lse
 
@@ -66,4 +69,4 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.T
     cell has probs 0 and lse = -inf. Differentiable through both outputs.
     """
     x = scores.to(accumulation_dtype(scores.dtype))
-    return _MaskedSoftmax.apply(x, allowed.expand_as(x))
+    return _MaskedSoftmax.apply(x, allowed)  # (the mask stays as small as it came: it broadcasts)

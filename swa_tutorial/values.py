@@ -1,7 +1,7 @@
 """Step 5b: P x V, through the second skew and the 3w value chunks.
 
 Query i averages the values of keys i - w .. i + w with the band probabilities of its row. Cut
-the queries into blocks of w: block b's keys all lie in the 3w tokens (b - 1) w .. (b + 2) w - 1.
+the queries into blocks of w: block g's keys all lie in the 3w tokens (g - 1) w .. (g + 2) w - 1.
 So V, padded with w zero rows at each end, is viewed as overlapping chunks of 3w (stepping w),
 and each block's band rows are skewed back (:func:`unskew`) into a w x 3w
 matrix whose column is the key's place in that chunk. One batched product finishes the layer.
@@ -20,7 +20,7 @@ from .validation import check_band_width, check_chunk_window, check_shape
 def value_chunks(v: torch.Tensor, window: int) -> torch.Tensor:
     """The 3w value chunks: [B*H, L, d] -> [B*H, L // w, 3w, d], a view of V padded by w at both ends.
 
-    Chunk b holds the values of tokens (b - 1) w .. (b + 2) w - 1 (zeros outside the sequence).
+    Chunk g holds the values of tokens (g - 1) w .. (g + 2) w - 1 (zeros outside the sequence).
     """
     window = check_chunk_window(window)
     check_shape(v, "v", "[B*H, L, d]")
@@ -31,7 +31,7 @@ def value_chunks(v: torch.Tensor, window: int) -> torch.Tensor:
 def band_times_values(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """P x V from band probabilities: probs [B*H, L, 2w + 1], v [B*H, L, d] -> [B*H, L, d].
 
-    ``out[b, i] = sum_j probs[b, i, j] * v[b, i + j - w]``; L must be a multiple of w.
+    ``out[r, i] = sum_t probs[r, i, t] * v[r, i + t - w]``; L must be a multiple of w.
     """
     check_shape(probs, "probs", "[B*H, L, 2w + 1]")
     check_shape(v, "v", "[B*H, L, d]")

@@ -8,6 +8,8 @@ each compute one ordinary (left, right) window.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +61,8 @@ def sliding_window_attention(
     least the rows whose window holds it (blocked algorithms multiply zero weights by nearby
     values too, and 0 x NaN is NaN). Non-finite inputs are never hidden.
     """
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
     out, lse = attend(
         q, k, v, window, key_padding_mask=key_padding_mask, scale=scale, dilation=dilation, backend=backend
     )
@@ -75,9 +79,29 @@ def attend(q, k, v, window, *, key_padding_mask=None, scale=None, dilation=1, ba
     window = check_window(window)
     B, L, H, d = q.shape
     check_key_padding_mask(key_padding_mask, B, L, q.device)
-    scale = check_scale(scale, d)
+    acc = accumulation_dtype(q.dtype)
+    scale = check_scale(scale, d, acc)
     dilations = check_dilation(dilation, H)
     backend = load(check_backend(backend), q.device)
+    with without_autocast(q.device):
+        return _attend(backend, q, k, v, window, key_padding_mask, scale, dilations)
+
+
+def without_autocast(device: torch.device):
+    """A context in which ``torch.autocast`` is off for ``device``'s type.
+
+    Autocast would run the float32 products of the precision contract in 16 bits; the package
+    computes in the dtype of its inputs whatever autocast says (as the float32 islands of other
+    attention code do), so its error stays that of the contract.
+    """
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _attend(backend, q, k, v, window, key_padding_mask, scale, dilations):
+    """:func:`attend` after validation: empty sizes, then one backend call per dilation."""
+    B, L, H, d = q.shape
     acc = accumulation_dtype(q.dtype)
     if B * L * H == 0:  # nothing to attend: empty results, connected to every input (zero gradients)
         connected = (q.sum() + k.sum() + v.sum()).to(acc) * 0  # a 0 that depends on q, k and v

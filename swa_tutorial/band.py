@@ -69,6 +69,9 @@ def band_mask(
     shift = check_int(shift, "shift", minimum=-w)
     if shift > w:
         raise ValueError(f"shift must lie in -window .. window = -{w} .. {w}, got {shift}")
+    if padded_len == 0:  # no rows
+        batch = 1 if key_padding_mask is None else key_padding_mask.shape[0]
+        return torch.zeros(batch, 0, 2 * w + 1, dtype=torch.bool, device=device)
     if key_padding_mask is None:
         real = torch.ones(1, seq_len, dtype=torch.bool, device=device)
     else:
@@ -91,7 +94,14 @@ def band_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     exactly 0, and a row with no valid cell gets all zeros (never NaN); see
     :func:`swa_tutorial.softmax.masked_softmax`, which also returns each row's log-sum-exp.
     """
+    check_shape(scores, "scores", "[..., L, 2w + 1]", exact_rank=False)
     check_shape(mask, "mask", "[..., L, 2w + 1]", dtype=torch.bool, exact_rank=False)
+    try:
+        fits = torch.broadcast_shapes(mask.shape, scores.shape) == scores.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"mask must broadcast to the scores' shape {tuple(scores.shape)}, got {tuple(mask.shape)}")
     return masked_softmax(scores, mask)[0]
 
 
@@ -118,6 +128,8 @@ def band_to_dense(band: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     ``dense[..., i, k] = band[..., i, k - i + w]`` inside the band ``|i - k| <= w``, ``fill`` outside.
     """
     check_shape(band, "band", "[..., L, 2w + 1]", exact_rank=False, floating=False)
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+        raise TypeError(f"fill must be a real number, got {type(fill).__name__}")
     w = check_band_width(band, "band")
     L = band.shape[-2]
     pos = torch.arange(L, device=band.device)

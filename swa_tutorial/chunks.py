@@ -84,4 +84,8 @@ def chunk_scores(q_chunks: torch.Tensor, k_chunks: torch.Tensor) -> torch.Tensor
     check_shape(k_chunks, "k_chunks", "[B*H, C, 2w, d]")
     if q_chunks.shape != k_chunks.shape:
         raise ValueError(f"k_chunks must have the shape of q_chunks {tuple(q_chunks.shape)}, got {tuple(k_chunks.shape)}")
+    if k_chunks.dtype != q_chunks.dtype:
+        raise TypeError(f"k_chunks must have the dtype of q_chunks ({q_chunks.dtype}), got {k_chunks.dtype}")
+    if q_chunks.shape[2] % 2:
+        raise ValueError(f"the chunks must be 2w tokens long, an even number, got {q_chunks.shape[2]}")
     return torch.einsum("bcxd,bcyd->bcxy", q_chunks, k_chunks)  # BH x C x 2w x 2w

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .attention import without_autocast
 from .softmax import accumulation_dtype, masked_softmax
 from .validation import FLOAT_DTYPES, check_int, check_key_padding_mask, check_scale, check_tensor
 
@@ -29,9 +30,10 @@ def masked_attention(q, k, v, allowed, scale: float) -> torch.Tensor:
     0. Returns q's dtype.
     """
     acc = accumulation_dtype(q.dtype)
-    scores = torch.einsum("bihd,bjhd->bhij", q.to(acc) * scale, k.to(acc))  # B x H x n x m
-    probs, _ = masked_softmax(scores, allowed[:, None])  # B x H x n x m
-    return torch.einsum("bhij,bjhd->bihd", probs, v.to(acc)).to(q.dtype)
+    with without_autocast(q.device):  # the float32 products stay float32 under torch.autocast
+        scores = torch.einsum("bihd,bjhd->bhij", q.to(acc) * scale, k.to(acc))  # B x H x n x m
+        probs, _ = masked_softmax(scores, allowed[:, None])  # B x H x n x m
+        return torch.einsum("bhij,bjhd->bihd", probs, v.to(acc)).to(q.dtype)
 
 
 class RollingKVCache:

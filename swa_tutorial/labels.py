@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .validation import FLOAT_DTYPES, check_int
+
 
 def labelled_qkv(seq_len: int = 8, dtype: torch.dtype = torch.float64):
     """q, k, v [1, L, 1, 2] with q_i = (i, 1), k_j = (10, j), v_j = (j, 1), tokens numbered from 1.
@@ -17,6 +19,9 @@ def labelled_qkv(seq_len: int = 8, dtype: torch.dtype = torch.float64):
     With ``scale=1`` every score q_i . k_j is the label 10 i + j. The values make P x V readable:
     output i is (the attention-weighted average token number, the sum of the weights).
     """
+    seq_len = check_int(seq_len, "seq_len")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float64, float32, float16 or bfloat16, got {dtype}")
     pos = torch.arange(1, seq_len + 1, dtype=dtype)
     ones = torch.ones_like(pos)
     q = torch.stack([pos, ones], dim=-1)  # L x 2: (i, 1)

@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from .validation import check_int, check_shape
 
 
+LIMIT = 2**31 - 1  # |first| and count beyond this only ever ask for reads far outside m
+
+
 def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
     """Diagonals into columns: [..., R, N] -> [..., R, count].
 
@@ -27,8 +30,10 @@ def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
     row x holds the keys x - w .. x + w of query x, one column per offset.
     """
     check_shape(m, "m", "[..., R, N]", exact_rank=False, floating=False)
-    first, count = check_int(first, "first", minimum=-(2**62)), check_int(count, "count", minimum=1)
     R, N = m.shape[-2:]
+    first, count = check_int(first, "first", minimum=-LIMIT), check_int(count, "count", minimum=1)
+    if first > LIMIT or count > LIMIT:
+        raise ValueError(f"first and count must lie within 2**31 - 1 of 0, got first = {first}, count = {count}")
     left = max(0, -first)
     right = max(0, R + first + count - 1 - N)
     if left or right:

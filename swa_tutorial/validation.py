@@ -45,8 +45,9 @@ def check_tensor(x, name: str, dims: str) -> None:
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {dims}, got {type(x).__name__}")
-    if x.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
+    if x.layout != torch.strided or x.is_nested:
+        kind = "a nested tensor" if x.is_nested else f"layout {x.layout}"
+        raise TypeError(f"{name} must be a dense (strided) tensor, got {kind}")
     if x.is_quantized:
         raise TypeError(f"{name} must be a floating-point tensor, got the quantized dtype {x.dtype}")
     if x.dtype not in FLOAT_DTYPES:
@@ -126,10 +127,11 @@ def check_key_padding_mask(mask, batch: int, seq_len: int, device: torch.device)
         raise ValueError(f"key_padding_mask must be on the same device as q ({device}), got {mask.device}")
 
 
-def check_scale(scale, head_dim: int) -> float:
+def check_scale(scale, head_dim: int, dtype: torch.dtype = torch.float64) -> float:
     """Return the softmax scale: ``scale`` as a finite float, or 1 / sqrt(d) when it is None.
 
-    With d = 0 every score is 0 whatever the scale; the default is then 1.
+    With d = 0 every score is 0 whatever the scale; the default is then 1. The scale must be
+    finite in ``dtype``, the dtype it is applied in (float32 for float32 and half inputs).
     """
     if scale is None:
         return head_dim**-0.5 if head_dim > 0 else 1.0
@@ -141,4 +143,6 @@ def check_scale(scale, head_dim: int) -> float:
         value = float("inf")
     if not math.isfinite(value):
         raise ValueError(f"scale must be a finite real number, got {scale}")
+    if abs(value) > torch.finfo(dtype).max:
+        raise ValueError(f"scale must be finite in {dtype}, the dtype it is applied in, got {scale}")
     return value

@@ -36,6 +36,8 @@ def band_times_values(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     check_shape(probs, "probs", "[B*H, L, 2w + 1]")
     check_shape(v, "v", "[B*H, L, d]")
     w = check_band_width(probs, "probs")
+    if v.dtype != probs.dtype:
+        raise TypeError(f"v must have the dtype of probs ({probs.dtype}), got {v.dtype}")
     L = probs.shape[1]
     if L % w or L < w or v.shape[:2] != probs.shape[:2]:
         raise ValueError(

@@ -121,7 +121,17 @@ def window_mask(seq_len: int, window, device=None, *, dilation: int = 1) -> torc
         raise ValueError(f"seq_len must be an int >= 0, got {seq_len!r}")
     (d,) = check_dilation(dilation, 1)
     d = clip_dilation(d, seq_len)  # no overflow for huge dilations
-    left, right = clip_window(check_window(window), seq_len)  # nor for huge windows
+    return offsets_mask(seq_len, clip_window(check_window(window), seq_len), d, device)  # nor huge windows
+
+
+def offsets_mask(seq_len, window: tuple[int, int], dilation: int = 1, device=None) -> torch.Tensor:
+    """:func:`window_mask` for a checked, clipped ``(left, right)``: bool [L, L], no validation.
+
+    For the backends, whose lengths and sides may be symbolic sizes under torch.export.
+    """
+    left, right = window
     pos = torch.arange(seq_len, device=device)
     offset = pos[None, :] - pos[:, None]  # L x L: j - i
-    return (offset % d == 0) & (offset >= -left * d) & (offset <= right * d)
+    if dilation == 1:
+        return (offset >= -left) & (offset <= right)
+    return (offset % dilation == 0) & (offset >= -left * dilation) & (offset <= right * dilation)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from cases import assert_close64
-from swa_tutorial import dense_attention, loop_attention, sliding_window_attention
+from swa_tutorial import dense_attention, dense_band_mask, loop_attention, sliding_window_attention
 from swa_tutorial.backends import chunks, dense
 
 HALF = (torch.float16, torch.bfloat16)
@@ -264,17 +264,17 @@ def test_vmap_with_a_padding_mask_matches_a_loop():
 
 @pytest.mark.parametrize("window, step", [(4, 4), ((3, 0), 2), ((2, 5), 4)])
 def test_torch_export_with_a_dynamic_length(window, step):
-    """One exported program for every L = step * n (step = w of the symmetric window that
-    holds the pair: ceil((left + right) / 2)); each run equals eager mode."""
+    """One exported program for every L = step * n, n >= 4 (step = w of the symmetric window
+    that holds the pair: ceil((left + right) / 2)); each run equals eager mode."""
     from torch.export import Dim, export
 
     class Attention(torch.nn.Module):
         def forward(self, q, k, v, mask):
             return sliding_window_attention(q, k, v, window, key_padding_mask=mask)
 
-    L = step * Dim("n", min=3, max=512)
+    L = step * Dim("n", min=4, max=512)
     program = export(Attention(), _problem(8 * step), dynamic_shapes=({1: L},) * 4).module()
-    for n in (3, 8, 21):
+    for n in (4, 8, 21):
         inputs = _problem(step * n)
         torch.testing.assert_close(program(*inputs), Attention()(*inputs), rtol=0, atol=0)
 
@@ -298,3 +298,80 @@ def test_a_dilation_past_the_length_leaves_each_token_alone_at_no_cost(monkeypat
         for fn in (sliding_window_attention, dense_attention, loop_attention):
             assert_close64(fn(q, k, v, (3, None), dilation=d), alone)
     assert rows and all(n * L <= 2 * 7 for n, L in rows)  # at most B x L rows: no empty classes
+
+
+@pytest.mark.parametrize(
+    "window, kwargs",
+    [((None, 0), {}), (100, {}), (4, {"backend": "dense"}), (4, {"dilation": 2})],
+    ids=["causal", "beyond L", "dense", "dilated"],
+)
+def test_torch_export_of_dense_and_dilated_paths(window, kwargs, request):
+    """Plain causal attention, a window beyond L and the dense backend export for any L; a
+    dilation d needs L a multiple of w d (the classes are L / d tokens long)."""
+    from torch.export import Dim, export
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v, mask):
+            return sliding_window_attention(q, k, v, window, key_padding_mask=mask, **kwargs)
+
+    step = 8 if "dilation" in kwargs else 1
+    # L from 2 (from 5 where the window (4, 4) is not clipped), and up to 100 for the window 100
+    L = step * Dim("n", min={"dense": 5, "dilated": 4}.get(request.node.callspec.id, 2), max=100)
+    program = export(Attention(), _problem(5 * step), dynamic_shapes=({1: L},) * 4).module()
+    for n in (5, 7, 13):
+        inputs = _problem(step * n)
+        torch.testing.assert_close(program(*inputs), Attention()(*inputs), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("backend", ("chunks", "dense"))
+def test_autocast_does_not_lower_the_precision(dtype, backend):
+    """Under torch.autocast the float32 products would run in 16 bits: the package turns
+    autocast off inside, so its error stays at most 1.5x SDPA's (which keeps its own)."""
+    q, k = (randn(2, 96, 2, 64, seed=s).mul(8).to(dtype) for s in range(2))  # score spread ~64
+    v = randn(2, 96, 2, 64, seed=2).to(dtype)
+    allowed = dense_band_mask(96, 16)
+    ref = dense_attention(q.double(), k.double(), v.double(), 16)
+    with torch.autocast("cpu", dtype=dtype):
+        out = sliding_window_attention(q, k, v, 16, backend=backend)
+        sdpa = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)), attn_mask=allowed)
+    assert (out.double() - ref).abs().max() <= 1.5 * (sdpa.transpose(1, 2).double() - ref).abs().max()
+
+
+def test_rolling_cache_under_autocast():
+    from swa_tutorial import RollingKVCache
+
+    q, k = (randn(1, 40, 2, 64, seed=s).mul(8).bfloat16() for s in range(2))
+    v = randn(1, 40, 2, 64, seed=2).bfloat16()
+    cache = RollingKVCache(7, batch=1, heads=2, head_dim=64, dtype=torch.bfloat16)
+    plain = cache.prefill(q, k, v)
+    cache.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(cache.prefill(q, k, v), plain)
+
+
+def test_a_scale_that_overflows_float32_is_refused_for_float32_inputs():
+    q = randn(1, 5, 1, 2, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"scale must be finite in torch\.float32, the dtype it is applied in"):
+        sliding_window_attention(q, q, q, 1, scale=1e39)
+    q64 = q.double()
+    assert torch.isfinite(sliding_window_attention(q64, q64, q64, 1, scale=1e39)).all()  # float64: fine
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_a_nested_tensor_gets_a_type_error():
+    nested = torch.nested.nested_tensor([torch.randn(3, 2, 4), torch.randn(5, 2, 4)])
+    with pytest.raises(TypeError, match=r"q must be a dense \(strided\) tensor, got a nested tensor"):
+        sliding_window_attention(nested, nested, nested, 2)
+
+
+@pytest.mark.parametrize("window", [(None, 0), (0, None), (4096, 0)])
+@pytest.mark.parametrize("L", (33, 34))
+def test_windows_reaching_the_whole_sequence_run_dense(monkeypatch, window, L):
+    """A side that reaches L - 1 (odd L too) or a band larger than L x L: the dense path."""
+    calls = []
+    real = dense.attend
+    monkeypatch.setattr(dense, "attend", lambda *a: calls.append(1) or real(*a))
+    q, k, v = (randn(1, L, 2, 4, seed=s) for s in range(3))
+    assert_close64(sliding_window_attention(q, k, v, window, backend="chunks"), dense_attention(q, k, v, window))
+    assert calls == [1]

@@ -20,9 +20,11 @@ from swa_tutorial import (
     dense_attention,
     dense_band_mask,
     dense_to_band,
+    labelled_qkv,
     loop_attention,
     merge_heads,
     num_chunks,
+    padded_length,
     skew,
     sliding_window_attention,
     split_heads,
@@ -274,3 +276,58 @@ def test_steps_reject_bad_arguments(case):
     call, error, message = case
     with pytest.raises(error, match=message):
         call()
+
+
+MORE_BAD_STEP_CALLS = {
+    "padded_length, float length": (lambda: padded_length(8.0, 2), TypeError, r"seq_len must be an int >= 0, got float"),
+    "padded_length, negative length": (lambda: padded_length(-1, 2), ValueError, r"seq_len must be an int >= 0"),
+    "padded_length, bool window": (lambda: padded_length(5, True), TypeError, r"window must be an int >= 1"),
+    "padded_length, window 0": (lambda: padded_length(7, 0), ValueError, r"window must be an int >= 1"),
+    "band_softmax, complex scores": (
+        lambda: band_softmax(torch.zeros(1, 3, dtype=torch.complex64), torch.ones(1, 3, dtype=torch.bool)),
+        TypeError,
+        r"scores must have dtype float64, float32, float16 or bfloat16",
+    ),
+    "band_softmax, mask of another shape": (
+        lambda: band_softmax(tensor(2, 8, 5), torch.ones(3, 8, 5, dtype=torch.bool)),
+        ValueError,
+        r"mask must broadcast to the scores' shape \(2, 8, 5\), got \(3, 8, 5\)",
+    ),
+    "skew, huge count": (lambda: skew(tensor(3, 5, 7), 0, 2**62), ValueError, r"first and count must lie within 2\*\*31 - 1"),
+    "skew, huge first": (lambda: skew(tensor(3, 5, 7), 2**63, 5), ValueError, r"first and count must lie within 2\*\*31 - 1"),
+    "chunk_scores, dtypes differ": (
+        lambda: chunk_scores(tensor(1, 2, 4, 3, dtype=torch.float32), tensor(1, 2, 4, 3)),
+        TypeError,
+        r"k_chunks must have the dtype of q_chunks \(torch\.float32\), got torch\.float64",
+    ),
+    "chunk_scores, odd chunk length": (
+        lambda: chunk_scores(tensor(1, 2, 5, 3), tensor(1, 2, 5, 3)),
+        ValueError,
+        r"the chunks must be 2w tokens long, an even number, got 5",
+    ),
+    "band_times_values, dtypes differ": (
+        lambda: band_times_values(tensor(1, 8, 5), tensor(1, 8, 3, dtype=torch.float32)),
+        TypeError,
+        r"v must have the dtype of probs \(torch\.float64\), got torch\.float32",
+    ),
+    "band_to_dense, fill not a number": (lambda: band_to_dense(tensor(1, 4, 5), "x"), TypeError, r"fill must be a real number"),
+    "labelled_qkv, negative length": (lambda: labelled_qkv(-1), ValueError, r"seq_len must be an int >= 0, got -1"),
+    "labelled_qkv, integer dtype": (lambda: labelled_qkv(3, torch.int64), TypeError, r"dtype must be float64"),
+}
+
+
+@pytest.mark.parametrize("case", MORE_BAD_STEP_CALLS.values(), ids=MORE_BAD_STEP_CALLS.keys())
+def test_more_steps_reject_bad_arguments(case):
+    call, error, message = case
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_band_mask_of_no_tokens_is_empty():
+    assert band_mask(0, 2).shape == (1, 0, 5)
+
+
+@pytest.mark.parametrize("return_lse", ("yes", 1, None))
+def test_return_lse_must_be_a_bool(return_lse):
+    with pytest.raises(TypeError, match="return_lse must be a bool"):
+        sliding_window_attention(*qkv(), 2, return_lse=return_lse)

@@ -16,8 +16,10 @@ length grows by abs(shift) <= w before it is rounded up to a multiple of w.
 
 torch.export with a dynamic L: the rounding up (a ceiling division of the symbolic L) leaves
 guards the exporter cannot prove, so declare L a multiple of w (``L = w * Dim("n")``, with
-n >= 3), as a model that pads its batches to a multiple of the window does; then every length
-exports into one program. torch.compile has no such limit (it recompiles when it must).
+n >= 4; with a dilation d, of w d), as a model that pads its batches to a multiple of the window
+does; then every length exports into one program. Windows that reach the dense path (beyond the
+sequence, or None on a side) export for any L. torch.compile has no such limit (it recompiles
+when it must).
 
 Scores, softmax and P x V are computed in float32 for half inputs (the accumulation dtype of
 :mod:`swa_tutorial.softmax`): q and k are converted before the chunked product, so no score is
@@ -33,6 +35,7 @@ from ..band import band_mask, band_scores
 from ..chunks import chunk, chunk_scores, merge_heads, split_heads
 from ..softmax import accumulation_dtype, masked_softmax
 from ..values import band_times_values
+from ..validation import check_chunk_window, check_int
 from . import dense
 
 
@@ -41,12 +44,13 @@ def padded_length(seq_len: int, window: int) -> int:
 
     The chunk view needs no more than that (Longformer's own code pads to a multiple of 2w).
     """
+    seq_len, window = check_int(seq_len, "seq_len"), check_chunk_window(window)
     return max(2 * window, -(-seq_len // window) * window)
 
 
 def symmetric_window(left: int, right: int) -> tuple[int, int]:
     """(w, shift): the symmetric window about a shifted diagonal that holds (left, right)."""
-    w = max(1, -(-(left + right) // 2))
+    w = max(1, (left + right + 1) // 2)  # ceil((left + right) / 2), at least 1
     return w, right - w
 
 
@@ -67,7 +71,9 @@ def attend(q, k, v, window, key_padding_mask, scale):
     left, right = window
     B, L, H, _ = q.shape
     w, shift, lead, Lp = shifted_layout(L, left, right)
-    if 2 * w >= L:  # the sequence fits in one chunk: that chunk is dense attention, unpadded
+    # A side that reaches the whole sequence, the sequence in one chunk (that chunk is dense
+    # attention), or a padded band with more cells than the L x L matrix: dense attention.
+    if max(left, right) >= L - 1 or 2 * w >= L or Lp * (2 * w + 1) >= L * L:
         return dense.attend(q, k, v, window, key_padding_mask, scale)
     acc = accumulation_dtype(q.dtype)
 

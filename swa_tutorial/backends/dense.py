@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ..softmax import accumulation_dtype, masked_softmax
-from ..windows import window_mask
+from ..windows import offsets_mask
 
 
 def attend(q, k, v, window, key_padding_mask, scale):
@@ -18,7 +18,7 @@ def attend(q, k, v, window, key_padding_mask, scale):
     acc = accumulation_dtype(q.dtype)
     L = q.shape[1]
     scores = torch.einsum("bihd,bjhd->bhij", q.to(acc) * scale, k.to(acc))  # B x H x L x L
-    allowed = window_mask(L, window, q.device)[None, None]  # 1 x 1 x L x L
+    allowed = offsets_mask(L, window, device=q.device)[None, None]  # 1 x 1 x L x L
     if key_padding_mask is not None:
         allowed = allowed & ~key_padding_mask[:, None, None, :]  # B x 1 x L x L
     probs, lse = masked_softmax(scores, allowed)  # B x H x L x L, B x H x L

@@ -45,12 +45,16 @@ def touched_bytes(x: torch.Tensor) -> int:
     return min(x.numel(), span) * x.element_size()
 
 
+# Matrix products: where their two factors a [..., m, k] and b [..., k, n] are among the inputs.
+_PRODUCTS = {"aten.mm.default": 0, "aten.bmm.default": 0, "aten.addmm.default": 1, "aten.baddbmm.default": 1}
+
+
 def product_flops(op: str, inputs: list[torch.Tensor]) -> int:
     """2 m n k (times the batch) for a matrix product, 0 for any other operator."""
-    if op in ("aten.mm.default", "aten.bmm.default"):
-        a, b = inputs[:2]
-        return 2 * a.numel() * b.shape[-1]  # a: [..., m, k], b: [..., k, n]
-    return 0
+    if op not in _PRODUCTS:
+        return 0
+    a, b = inputs[_PRODUCTS[op] : _PRODUCTS[op] + 2]
+    return 2 * a.numel() * b.shape[-1]
 
 
 def _storage(x: torch.Tensor) -> int:
@@ -67,20 +71,23 @@ class _Recorder(TorchDispatchMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = str(func)
-        inputs, destinations = [], []  # destinations: the tensors an in-place operator writes
-        for arg, schema_arg in zip(args, func._schema.arguments):
-            is_written = schema_arg.alias_info is not None and schema_arg.alias_info.is_write
+        inputs, destinations, updated = [], [], []  # written: in place (updated: read first) or out=
+        schema = func._schema.arguments
+        named = {a.name: a for a in schema}
+        for schema_arg, arg in [*zip(schema, args), *((named[k], v) for k, v in kwargs.items())]:
             tensors = [t for t in tree_flatten(arg)[0] if isinstance(t, torch.Tensor)]
-            (destinations if is_written else inputs).extend(tensors)
-        inputs += [t for t in tree_flatten(kwargs)[0] if isinstance(t, torch.Tensor)]
+            if schema_arg.alias_info is None or not schema_arg.alias_info.is_write:
+                inputs += tensors
+            else:
+                destinations += tensors
+                if not schema_arg.kwarg_only and name not in _OVERWRITE:  # an out= argument is not read
+                    updated += tensors
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         if not destinations and {_storage(t) for t in outputs} <= {_storage(t) for t in inputs}:
             return out  # a view (or an alias): no byte moves
         if "empty" in name:
             return out  # memory allocated, nothing read or written yet
-        read = sum(map(touched_bytes, inputs))
-        if name not in _OVERWRITE:
-            read += sum(map(touched_bytes, destinations))
+        read = sum(map(touched_bytes, inputs + updated))
         written = sum(map(touched_bytes, destinations or outputs))
         self.ops.append(OpTraffic(name, read, written, product_flops(name, inputs)))
         return out

@@ -52,6 +52,16 @@ def test_matrix_products_count_two_m_n_k():
     assert ops[0].flops == 2 * 3 * 5 * 7 * 2
     _, ops = count_traffic(torch.mm, a[0], b[0])
     assert ops[0].flops == 2 * 5 * 7 * 2
+    _, ops = count_traffic(torch.addmm, torch.ones(2), a[0], b[0])
+    assert [(o.op, o.flops) for o in ops] == [("aten.addmm.default", 2 * 5 * 7 * 2)]
+    _, ops = count_traffic(torch.baddbmm, torch.ones(3, 5, 2), a, b)
+    assert [(o.op, o.flops) for o in ops] == [("aten.baddbmm.default", 2 * 3 * 5 * 7 * 2)]
+
+
+def test_an_out_argument_is_written_not_read():
+    a, out = torch.ones(4, 4), torch.empty(4, 4)
+    _, ops = count_traffic(lambda: torch.mul(a, 2.0, out=out))
+    assert [(o.read, o.written) for o in ops] == [(64, 64)]
 
 
 def test_meta_tensors_count_what_real_tensors_count():

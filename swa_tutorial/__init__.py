@@ -10,9 +10,12 @@ in the order the book derives them: :func:`num_chunks`, :func:`merge_heads`, :fu
 :func:`band_softmax`, :func:`unskew`, :func:`value_chunks`, :func:`band_times_values`.
 The references :func:`dense_attention` and :func:`loop_attention` are the specification.
 
-For generation, :class:`RollingKVCache` keeps the newest keys and values of a causal window;
-:mod:`swa_tutorial.conventions` turns other libraries' window settings into ``(left, right)``;
-:mod:`swa_tutorial.distributed` shards a sequence across processes (a halo exchange).
+Longformer's global tokens: :func:`longformer_attention` (the window plus tokens that attend to,
+and are attended by, every token; :mod:`swa_tutorial.longformer` also patches Hugging Face's
+Longformer). For generation, :class:`RollingKVCache` keeps the newest keys and values of a causal
+window; :mod:`swa_tutorial.conventions` turns other libraries' window settings into
+``(left, right)``; :mod:`swa_tutorial.distributed` shards a sequence across processes (a halo
+exchange).
 """
 
 from . import conventions
@@ -22,6 +25,7 @@ from .band import band_mask, band_scores, band_softmax, band_to_dense, dense_to_
 from .chunks import chunk, chunk_scores, merge_heads, num_chunks, split_heads
 from .decoding import RollingKVCache
 from .labels import labelled_qkv
+from .longformer import longformer_attention
 from .reference import dense_attention, dense_band_mask, loop_attention
 from .skew import skew, unskew
 from .values import band_times_values, value_chunks
@@ -51,6 +55,7 @@ __all__ = [
     "dense_band_mask",
     "dense_to_band",
     "labelled_qkv",
+    "longformer_attention",
     "loop_attention",
     "merge_heads",
     "num_chunks",

@@ -34,7 +34,7 @@ from .backends.triton_kernel import key_tile_span
 from .band import band_mask, band_scores, band_softmax, dense_to_band
 from .chunks import chunk, chunk_scores, merge_heads, num_chunks, split_heads
 from .labels import labelled_qkv
-from .reference import dense_attention, dense_band_mask
+from .reference import dense_attention, dense_band_mask, dense_longformer_attention
 from .skew import skew, unskew
 from .softmax import masked_softmax
 from .values import value_chunks
@@ -517,6 +517,38 @@ def _tile_backward() -> Iterator[Case]:
     yield _tile_backward_case(*_randn(3, 6, 2, seed=4), allowed, 2.0, 5, "random, query 3 sees no key")
 
 
+# ---------------------------------------------------------------------------------------------
+# Longformer's global attention.
+
+
+def _longformer_keys() -> Iterator[Case]:
+    g = _generator(0)
+    for L in range(1, 11):
+        for w in range(1, 4):
+            chosen = torch.rand(L, generator=g) < 0.3
+            global_tokens = chosen.nonzero().flatten().tolist()
+            # q = k = 0 gives every key a query attends the same weight, so with v the identity
+            # row i of the output is nonzero exactly on query i's keys
+            zeros = torch.zeros(1, L, 1, 1, dtype=torch.float64)
+            identity = torch.eye(L, dtype=torch.float64)[None, :, None]  # v [1, L, 1, L]
+            weights = dense_longformer_attention(zeros, zeros, identity, w, global_mask=chosen[None])[0, :, 0]
+            for i in range(L):
+                yield Case(f"longformer_keys(i={i}, L={L}, w={w}, global_tokens={global_tokens})",
+                           (i, L, w, global_tokens), weights[i].nonzero().flatten().tolist(), same_ints,
+                           "the keys dense_longformer_attention weighs")
+
+
+def _merge_softmaxes() -> Iterator[Case]:
+    for seed, spread in enumerate((1.0, 30.0, 1000.0)):
+        scores, values = _randn(5, 9, seed=seed) * spread, _randn(9, 3, seed=seed + 10)
+        first = torch.rand(9, generator=_generator(seed)) < 0.5
+        parts = [(scores[:, m].softmax(-1) @ values[m], scores[:, m].logsumexp(-1)) for m in (first, ~first)]
+        yield Case(f"merge_softmaxes(out1, lse1, out2, lse2): 5 queries, keys split {int(first.sum())} + "
+                   f"{int((~first).sum())}, scores of spread {spread:g}", (*parts[0], *parts[1]),
+                   scores.softmax(-1) @ values, same_tensor(("query", "component"), exact=False),
+                   "one softmax over all the keys")
+
+
 EXERCISES: dict[str, Exercise] = {
     e.name: e
     for e in [
@@ -592,5 +624,11 @@ EXERCISES: dict[str, Exercise] = {
         Exercise("tile_backward", "15b_tiles_kernel",
                  "tile_backward(q, k, v, allowed, out, lse, grad_out, grad_lse, scale): dq, dk, dv of one tile",
                  "autograd through the masked softmax", _tile_backward),
+        Exercise("longformer_keys", "17_longformer",
+                 "longformer_keys(i, L, w, global_tokens): the sorted keys query i attends, each once",
+                 "swa_tutorial.reference.dense_longformer_attention", _longformer_keys),
+        Exercise("merge_softmaxes", "17_longformer",
+                 "merge_softmaxes(out1, lse1, out2, lse2): one softmax from two over disjoint keys",
+                 "one softmax over all the keys", _merge_softmaxes),
     ]
 }

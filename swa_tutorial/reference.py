@@ -16,13 +16,16 @@ Non-finite inputs are never hidden. A NaN or infinity in q or k makes NaN exactl
 score it inside their window. One in v reaches every row whose window holds it; dense attention
 (and every blocked algorithm: the chunks, the tiles, FlashAttention) also multiplies zero
 weights by values outside a row's window, and 0 x NaN is NaN, so there it may reach more rows.
+
+:func:`dense_longformer_attention` is the specification of Longformer's global attention
+(:mod:`swa_tutorial.longformer`): the window plus global columns and rows, as one L x L mask.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .validation import check_key_padding_mask, check_qkv, check_scale
+from .validation import check_key_padding_mask, check_qkv, check_scale, check_token_mask
 from .windows import check_dilation, check_window, clip_dilation, clip_window, window_mask
 
 
@@ -67,12 +70,16 @@ def dense_attention(q, k, v, window, *, key_padding_mask=None, scale=None, dilat
     B, L, H, _ = q.shape
     scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale  # B x H x L x L
     allowed = allowed_keys(L, window, dilations, key_padding_mask, q.device)  # B x H x L x L
+    return torch.einsum("bhij,bjhd->bihd", _probabilities(scores, allowed), v)
+
+
+def _probabilities(scores, allowed):
+    """The softmax of each row of ``scores`` [B, H, L, L] over its ``allowed`` cells; 0 elsewhere."""
     sees_a_key = allowed.any(dim=-1, keepdim=True)  # B x H x L x 1
     # A query with no key would be a row of -inf, whose softmax is NaN: give it every key, then
     # zero its output. Its gradient is then 0 too, not NaN.
     probs = scores.masked_fill(~(allowed | ~sees_a_key), float("-inf")).softmax(dim=-1)
-    probs = torch.where(sees_a_key, probs, 0.0)
-    return torch.einsum("bhij,bjhd->bihd", probs, v)
+    return torch.where(sees_a_key, probs, 0.0)
 
 
 def loop_attention(q, k, v, window, *, key_padding_mask=None, scale=None, dilation=1) -> torch.Tensor:
@@ -100,3 +107,43 @@ def loop_attention(q, k, v, window, *, key_padding_mask=None, scale=None, dilati
             probs = scores.masked_fill(~(valid | ~sees_a_key), float("-inf")).softmax(dim=-1)
             out[:, i, h] = torch.where(sees_a_key, torch.einsum("bj,bjd->bd", probs, v[:, keys, h]), 0.0)  # B x d_v
     return out
+
+
+def dense_longformer_attention(
+    q, k, v, window, *, global_mask, q_global=None, k_global=None, v_global=None,
+    key_padding_mask=None, scale=None, dilation=1,
+) -> torch.Tensor:
+    """Longformer's attention (a window plus global tokens) through the full L x L matrix.
+
+    The Longformer paper (Beltagy, Peters and Cohan 2020, section 3.1 and Figure 2d) as one mask:
+    query i may attend key j when
+
+        (j is in i's window  or  j is global  or  i is global)  and neither is padding,
+
+    the band, the global columns and the global rows. A global token that is also padding is
+    padding. The rows of global tokens score ``q_global`` against ``k_global`` and average
+    ``v_global`` (each the local tensor when None); every other row uses q, k and v, global keys
+    included. A padding token's row is 0, as in both Longformer implementations.
+
+    q, k, q_global, k_global: [B, L, H, d]; v, v_global: [B, L, H, d_v]; global_mask and
+    key_padding_mask: bool [B, L] (True = global token, True = padding). Returns
+    [B, L, H, d_v], computed in the dtype of q.
+    """
+    window, scale, dilations = _checked(q, k, v, window, key_padding_mask, scale, dilation)
+    B, L, H, _ = q.shape
+    q_global, k_global, v_global = (
+        local if x is None else x for x, local in ((q_global, q), (k_global, k), (v_global, v))
+    )
+    check_token_mask(global_mask, "global_mask", "True = global token", B, L, q.device)
+    padding = torch.zeros(B, L, dtype=torch.bool, device=q.device) if key_padding_mask is None else key_padding_mask
+    is_global = global_mask & ~padding  # B x L
+    row_global = is_global[:, None, :, None]  # B x 1 x L x 1: query i is global
+    allowed = allowed_keys(L, window, dilations)  # 1 x H x L x L: the band
+    allowed = allowed | is_global[:, None, None, :] | row_global  # B x H x L x L
+    allowed = allowed & ~padding[:, None, None, :] & ~padding[:, None, :, None]
+    local = torch.einsum("bihd,bjhd->bhij", q, k)
+    scores = torch.where(row_global, torch.einsum("bihd,bjhd->bhij", q_global, k_global), local) * scale
+    probs = _probabilities(scores, allowed)  # B x H x L x L
+    out_local = torch.einsum("bhij,bjhd->bihd", probs, v)
+    out_global = torch.einsum("bhij,bjhd->bihd", probs, v_global)
+    return torch.where(is_global[:, :, None, None], out_global, out_local)  # B x L x H x d_v

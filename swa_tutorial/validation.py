@@ -115,16 +115,35 @@ def check_key_padding_mask(mask, batch: int, seq_len: int, device: torch.device)
         raise TypeError(
             f"key_padding_mask must be a bool torch.Tensor [B, L] or None, got {type(mask).__name__}"
         )
+    check_token_mask(mask, "key_padding_mask", "True = padding", batch, seq_len, device)
+
+
+def check_token_mask(mask, name: str, meaning: str, batch: int, seq_len: int, device: torch.device) -> None:
+    """Check a mask over the tokens: a bool tensor [B, L] on the inputs' device.
+
+    ``meaning`` says what True marks (e.g. "True = padding"); the messages name ``name``.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a bool torch.Tensor [B, L] ({meaning}), got {type(mask).__name__}")
     if mask.layout != torch.strided:
-        raise TypeError(f"key_padding_mask must be a dense (strided) tensor, got layout {mask.layout}")
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {mask.layout}")
     if mask.dtype != torch.bool:
-        raise TypeError(f"key_padding_mask must have dtype torch.bool (True = padding), got {mask.dtype}")
+        raise TypeError(f"{name} must have dtype torch.bool ({meaning}), got {mask.dtype}")
     if tuple(mask.shape) != (batch, seq_len):
-        raise ValueError(
-            f"key_padding_mask must have shape [B, L] = [{batch}, {seq_len}], got {list(mask.shape)}"
-        )
+        raise ValueError(f"{name} must have shape [B, L] = [{batch}, {seq_len}], got {list(mask.shape)}")
     if mask.device != device:
-        raise ValueError(f"key_padding_mask must be on the same device as q ({device}), got {mask.device}")
+        raise ValueError(f"{name} must be on the same device as q ({device}), got {mask.device}")
+
+
+def check_like(x, name: str, like: torch.Tensor, like_name: str) -> None:
+    """``x`` must be a floating tensor with the shape, dtype and device of ``like`` (named ``like_name``)."""
+    check_tensor(x, name, f"the shape of {like_name}")
+    if x.shape != like.shape:
+        raise ValueError(f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(x.shape)}")
+    if x.dtype != like.dtype:
+        raise TypeError(f"{name} must have the dtype of {like_name} ({like.dtype}), got {x.dtype}")
+    if x.device != like.device:
+        raise ValueError(f"{name} must be on the device of {like_name} ({like.device}), got {x.device}")
 
 
 def check_scale(scale, head_dim: int, dtype: torch.dtype = torch.float64) -> float:

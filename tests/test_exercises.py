@@ -164,6 +164,11 @@ def tile_backward_without_the_lse_gradient(q, k, v, allowed, out, lse, grad_out,
     return scale * ds @ k, scale * ds.T @ q, p.T @ grad_out
 
 
+def merge_without_the_max(out1, lse1, out2, lse2):
+    e1, e2 = lse1.exp()[:, None], lse2.exp()[:, None]
+    return (e1 * out1 + e2 * out2) / (e1 + e2)
+
+
 WRONG = [
     ("band_pairs", band_pairs_without_corners,  # L = 2, w = 1: 2 rows of 3 cells, 2 of them missing
      "band_pairs(L=2, w=1): got 6, expected 4 (expected from dense_band_mask(2, 1).sum())"),
@@ -234,6 +239,12 @@ WRONG = [
     ("tile_backward", tile_backward_without_the_lse_gradient,
      "tile_backward(q, k, v, allowed, out, lse, grad_out, grad_lse, scale=1): 8 queries, 8 keys, the labelled "
      "tokens, w = 2: dq: entry [query 0, component 0]: got "),
+    ("longformer_keys", lambda i, L, w, g: sorted([*range(max(0, i - w), min(L, i + w + 1)), *g]),  # twice
+     "longformer_keys(i=0, L=1, w=3, global_tokens=[0]): got [0, 0], expected 1 ints: (0,) "
+     "(expected from the keys dense_longformer_attention weighs)"),
+    ("merge_softmaxes", merge_without_the_max,  # e^lse overflows once the scores pass ~700
+     "merge_softmaxes(out1, lse1, out2, lse2): 5 queries, keys split 4 + 5, scores of spread 1000: "
+     "entry [query 0, component 0]: got nan, expected -1.03169 "),
 ]
 
 

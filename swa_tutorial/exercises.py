@@ -28,13 +28,17 @@ from typing import Callable, Iterator
 
 import torch
 
+from . import online_softmax
 from .backends.chunks import padded_length
+from .backends.triton_kernel import key_tile_span
 from .band import band_mask, band_scores, band_softmax, dense_to_band
 from .chunks import chunk, chunk_scores, merge_heads, num_chunks, split_heads
 from .labels import labelled_qkv
 from .reference import dense_attention, dense_band_mask, dense_longformer_attention
 from .skew import skew, unskew
+from .softmax import masked_softmax
 from .values import value_chunks
+from .windows import window_mask
 
 WIDTH = 78  # messages are wrapped to fit the book's text column
 
@@ -392,6 +396,131 @@ def _chunked_multiply_adds() -> Iterator[Case]:
                        "the shapes of chunk_scores and unskew")
 
 
+# ---------------------------------------------------------------------------------------------
+# From chunks to tiles, and the fused kernel.
+
+
+def same_tensors(names: tuple[str, ...], dims: tuple[tuple[str, ...], ...]) -> Compare:
+    """A tuple of tensors named ``names`` (within 1e-10), each with its dimensions named ``dims``."""
+
+    def compare(expected, got) -> str | None:
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return f"got {type(got).__name__}, expected a tuple ({', '.join(names)})"
+        for name, dim, e, g in zip(names, dims, expected, got):
+            problem = same_tensor(dim, exact=False)(e, g)
+            if problem:
+                return f"{name}: {problem}"
+        return None
+
+    return compare
+
+
+def _labelled_rows(window) -> tuple[torch.Tensor, torch.Tensor]:
+    """The labelled example's scores [8, 8] (10 i + j), -inf outside ``window``, and values [8, 2]."""
+    q, k, v = labelled_qkv(8)
+    S = q[0, :, 0] @ k[0, :, 0].T
+    return S.masked_fill(~window_mask(8, window), float("-inf")), v[0, :, 0]
+
+
+def _online_step() -> Iterator[Case]:
+    compare = same_tensors(("row_max", "row_sum", "acc"), (("row",), ("row",), ("row", "component")))
+    scores, values = _labelled_rows((2, 2))
+    state = online_softmax.start(8, 2)
+    for tile in range(4):  # the 8 labelled rows against key tiles of 2 keys
+        cols = slice(2 * tile, 2 * tile + 2)
+        expected = online_softmax.step(state, scores[:, cols], values[cols])
+        yield Case(f"online_step(*state, scores, values): the labelled rows, w = 2, key tile {tile} (keys "
+                   f"{2 * tile + 1}, {2 * tile + 2})", (*state, scores[:, cols], values[cols]), expected, compare,
+                   "swa_tutorial.online_softmax.step")
+        state = expected
+    for seed, (rows, n, d_v, size) in enumerate([(4, 5, 3, 1.0), (3, 2, 1, 1e3), (5, 4, 2, 30.0)]):
+        keys = _randn(3, d_v, seed=seed + 10)
+        before = online_softmax.step(online_softmax.start(rows, d_v), size * _randn(rows, 3, seed=seed), keys)
+        tile = size * _randn(rows, n, seed=seed + 20)
+        tile[0] = float("-inf")  # row 0 may attend no key of this tile
+        tile[-1, 0] = before.row_max[-1] + 5  # the last row's maximum moves up
+        values_ = _randn(n, d_v, seed=seed + 30)
+        yield Case(f"online_step(*state, scores, values): {rows} rows, {n} keys, scores of size {size:g}",
+                   (*before, tile, values_), online_softmax.step(before, tile, values_), compare,
+                   "swa_tutorial.online_softmax.step")
+    blind = torch.tensor([[float("-inf")] * 2, [1.0, float("-inf")], [float("-inf")] * 2], dtype=torch.float64)
+    fresh = online_softmax.start(3, 2)
+    yield Case("online_step(*start(3, 2), scores, values): rows 0 and 2 have no key yet", (*fresh, blind, values[:2]),
+               online_softmax.step(fresh, blind, values[:2]), compare,
+               "swa_tutorial.online_softmax.step: such a row keeps row_max -inf and row_sum 0")
+
+
+def _tile_kind_compare(I: int, J: int, L: int, left: int, right: int, tq: int, tk: int) -> Compare:
+    """The kind got must be the kernel's; if not, say why, with a (query, key) pair as a witness."""
+    queries, keys = range(I * tq, min((I + 1) * tq, L)), range(J * tk, (J + 1) * tk)
+
+    def sees(i, j):
+        return j < L and i - left <= j <= i + right
+
+    def compare(expected, got) -> str | None:
+        if got == expected:
+            return None
+        if expected == "skipped":
+            why = f"no query of tokens {queries[0] + 1}..{queries[-1] + 1} attends a key of the tile"
+        elif expected == "full":
+            why = f"every query of tokens {queries[0] + 1}..{queries[-1] + 1} attends every key of the tile"
+        else:
+            i, j = next((i, j) for i in queries for j in keys if not sees(i, j))
+            seen = next((i, j) for i in queries for j in keys if sees(i, j))
+            missing = f"key {j + 1} is past the end" if j >= L else f"query {i + 1} may not attend key {j + 1}"
+            why = f"{missing}, but query {seen[0] + 1} attends key {seen[1] + 1}"
+        return f"got {got!r}, expected {expected!r}: {why} (tokens from 1)"
+
+    return compare
+
+
+def _tile_kind() -> Iterator[Case]:
+    for L, (left, right), (tq, tk) in [
+        (8, (2, 2), (2, 2)), (8, (2, 2), (4, 4)), (13, (3, 0), (4, 2)), (13, (0, 5), (2, 4)),
+        (20, (7, 1), (3, 5)), (20, (40, 40), (8, 8)), (40, (9, 9), (8, 4)), (40, (0, 0), (4, 4)),
+    ]:
+        for I in range(-(-L // tq)):
+            start, full_start, full_end, end = key_tile_span(I, L, left, right, tq, tk)
+            for J in range(-(-L // tk)):
+                kind = "skipped" if not start <= J < end else "full" if full_start <= J < full_end else "partial"
+                yield Case(f"tile_kind(I={I}, J={J}, L={L}, left={left}, right={right}, T_q={tq}, T_k={tk})",
+                           (I, J, L, left, right, tq, tk), kind, _tile_kind_compare(I, J, L, left, right, tq, tk),
+                           "the kernel's key_tile_span")
+
+
+def _tile_backward_case(q, k, v, allowed, scale: float, seed: int, what: str) -> Case:
+    """dq, dk, dv of one tile from autograd through the masked softmax, the loss
+    sum(out * grad_out) + sum(lse * grad_lse) (no lse gradient on a row that sees no key)."""
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    probs, lse = masked_softmax(scale * leaves[0] @ leaves[1].T, allowed)  # R x n, R
+    out = probs @ leaves[2]
+    grad_out = _randn(*out.shape, seed=seed)
+    grad_lse = torch.where(lse.isfinite(), _randn(*lse.shape, seed=seed + 1), 0.0)
+    loss = (out * grad_out).sum() + (torch.where(lse.isfinite(), lse, 0.0) * grad_lse).sum()
+    expected = torch.autograd.grad(loss, leaves)
+    args = (q, k, v, allowed, out.detach(), lse.detach(), grad_out, grad_lse, scale)
+    R, n = allowed.shape
+    return Case(f"tile_backward(q, k, v, allowed, out, lse, grad_out, grad_lse, scale={scale:g}): {R} queries, "
+                f"{n} keys, {what}", args, expected,
+                same_tensors(("dq", "dk", "dv"), (("query", "component"), ("key", "component"), ("key", "component"))),
+                "autograd through swa_tutorial.softmax.masked_softmax")
+
+
+def _tile_backward() -> Iterator[Case]:
+    q, k, v = (x[0, :, 0] for x in labelled_qkv(8))
+    yield _tile_backward_case(q, k, v, window_mask(8, (2, 2)), 1.0, 0, "the labelled tokens, w = 2")
+    yield _tile_backward_case(q, k, v, window_mask(8, (2, 0)), 0.1, 1, "the labelled tokens, window (2, 0)")
+    x = _randn(3, 7, 4, seed=2)
+    yield _tile_backward_case(x[0, :5], x[1], x[2, :, :3], window_mask(7, (1, 3))[:5], 0.5, 3, "random")
+    allowed = window_mask(6, (1, 1))
+    allowed[2] = False  # query 3 attends no key: its P is 0, never NaN
+    yield _tile_backward_case(*_randn(3, 6, 2, seed=4), allowed, 2.0, 5, "random, query 3 sees no key")
+
+
+# ---------------------------------------------------------------------------------------------
+# Longformer's global attention.
+
+
 def _longformer_keys() -> Iterator[Case]:
     g = _generator(0)
     for L in range(1, 11):
@@ -486,6 +615,15 @@ EXERCISES: dict[str, Exercise] = {
         Exercise("chunked_multiply_adds", "11_layer",
                  "chunked_multiply_adds(L, w, d): the two chunked products' multiply-adds per head",
                  "the shapes of the steps' tensors", _chunked_multiply_adds),
+        Exercise("online_step", "15_tiles",
+                 "online_step(row_max, row_sum, acc, scores, values): one key tile folded into the running softmax",
+                 "swa_tutorial.online_softmax.step", _online_step),
+        Exercise("tile_kind", "15_tiles",
+                 "tile_kind(I, J, L, left, right, T_q, T_k): 'full', 'partial' or 'skipped'",
+                 "the kernel's key_tile_span", _tile_kind),
+        Exercise("tile_backward", "15b_tiles_kernel",
+                 "tile_backward(q, k, v, allowed, out, lse, grad_out, grad_lse, scale): dq, dk, dv of one tile",
+                 "autograd through the masked softmax", _tile_backward),
         Exercise("longformer_keys", "17_longformer",
                  "longformer_keys(i, L, w, global_tokens): the sorted keys query i attends, each once",
                  "swa_tutorial.reference.dense_longformer_attention", _longformer_keys),

@@ -219,9 +219,9 @@ BENCH_FILES = [p for p in sorted(DATA.glob("*.json")) if _schema_of(p) == SCHEMA
 
 
 def test_every_committed_result_file_names_a_known_schema():
-    from swa_tutorial.bench import longformer_model, sequence_parallel
+    from swa_tutorial.bench import bandwidth, longformer_model, sequence_parallel, traffic
 
-    known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA}
+    known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA}
     assert BENCH_FILES and {p.name: _schema_of(p) for p in DATA.glob("*.json") if _schema_of(p) not in known} == {}
 
 

@@ -138,6 +138,32 @@ def symmetric_layer(q, k, v, w):
     return split_heads(band_times_values(band_softmax(band, band_mask(L, w)), vm), B)  # sees the future too
 
 
+def online_step_without_rescale(row_max, row_sum, acc, scores, values):
+    new_max = torch.maximum(row_max, scores.amax(dim=1))
+    shift = torch.where(new_max == float("-inf"), 0.0, new_max)
+    p = torch.exp(scores - shift[:, None])
+    return new_max, row_sum + p.sum(dim=1), acc + p @ values  # l and acc kept relative to the old maximum
+
+
+def online_step_unguarded(row_max, row_sum, acc, scores, values):
+    new_max = torch.maximum(row_max, scores.amax(dim=1))
+    p = torch.exp(scores - new_max[:, None])
+    rescale = torch.exp(row_max - new_max)
+    return new_max, rescale * row_sum + p.sum(dim=1), rescale[:, None] * acc + p @ values
+
+
+def tile_kind_without_the_end(I, J, L, left, right, T_q, T_k):
+    queries = range(I * T_q, min((I + 1) * T_q, L))
+    seen = [i - left <= j <= i + right for i in queries for j in range(J * T_k, (J + 1) * T_k)]  # j < L forgotten
+    return "full" if all(seen) else "partial" if any(seen) else "skipped"
+
+
+def tile_backward_without_the_lse_gradient(q, k, v, allowed, out, lse, grad_out, grad_lse, scale):
+    p = torch.exp(scale * q @ k.T - lse[:, None]).masked_fill(~allowed, 0.0)
+    ds = p * (grad_out @ v.T - (grad_out * out).sum(dim=1)[:, None])  # D without - grad_lse
+    return scale * ds @ k, scale * ds.T @ q, p.T @ grad_out
+
+
 def merge_without_the_max(out1, lse1, out2, lse2):
     e1, e2 = lse1.exp()[:, None], lse2.exp()[:, None]
     return (e1 * out1 + e2 * out2) / (e1 + e2)
@@ -198,6 +224,21 @@ WRONG = [
     ("chunked_multiply_adds", lambda L, w, d: (L // w - 1) * 4 * w * w * d,  # forgets P x V: 2 blocks [1, 3]
      "chunked_multiply_adds(L=2, w=1, d=1): got 4, expected 10 (expected from the shapes of chunk_scores and "
      "unskew)"),
+    ("online_step", online_step_without_rescale,  # token 1: (e^-1 + 1) + 1, not (e^-1 + 1) e^-1 + 1
+     "online_step(*state, scores, values): the labelled rows, w = 2, key tile 1 (keys 3, 4): row_sum: entry "
+     "[row 0]: got 2.36788, expected 1.50321 (4 of 8 entries differ)"),
+    ("online_step", online_step_unguarded,  # tokens 5 to 8 see no key of tile 0: exp(-inf - (-inf)) = NaN
+     "online_step(*state, scores, values): the labelled rows, w = 2, key tile 0 (keys 1, 2): row_sum: entry "
+     "[row 4]: got nan, expected 0 (4 of 8 entries differ)"),
+    ("tile_kind", lambda *args: "partial",
+     "tile_kind(I=0, J=0, L=8, left=2, right=2, T_q=2, T_k=2): got 'partial', expected 'full': every query of "
+     "tokens 1..2 attends every key of the tile (tokens from 1) (expected from the kernel's key_tile_span)"),
+    ("tile_kind", tile_kind_without_the_end,
+     "tile_kind(I=5, J=3, L=13, left=0, right=5, T_q=2, T_k=4): got 'full', expected 'partial': key 14 is past "
+     "the end, but query 11 attends key 13 (tokens from 1) (expected from the kernel's key_tile_span)"),
+    ("tile_backward", tile_backward_without_the_lse_gradient,
+     "tile_backward(q, k, v, allowed, out, lse, grad_out, grad_lse, scale=1): 8 queries, 8 keys, the labelled "
+     "tokens, w = 2: dq: entry [query 0, component 0]: got "),
     ("longformer_keys", lambda i, L, w, g: sorted([*range(max(0, i - w), min(L, i + w + 1)), *g]),  # twice
      "longformer_keys(i=0, L=1, w=3, global_tokens=[0]): got [0, 0], expected 1 ints: (0,) "
      "(expected from the keys dense_longformer_attention weighs)"),

@@ -24,7 +24,7 @@ from swa_tutorial.windows import window_mask
 # holds its own version of these checks on smaller problems.
 NAMES = sorted(set(BACKENDS) - {"triton"})
 # The longest L each backend is drawn at (the dense one is O(L^2) by design).
-MAX_LEN = {"chunks": 160, "dense": 80}
+MAX_LEN = {"chunks": 160, "dense": 80, "tiles": 200}
 
 
 @st.composite

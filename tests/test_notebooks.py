@@ -97,7 +97,8 @@ def test_no_undeclared_errors(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_id)
 def test_listed_in_toc(path):
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    listed = {toc["root"]} | {entry["file"] for entry in toc.get("chapters", [])}
+    chapters = [entry for part in toc.get("parts", [toc]) for entry in part.get("chapters", [])]
+    listed = {toc["root"]} | {entry["file"] for entry in chapters}
     assert path.relative_to(ROOT).with_suffix("").as_posix() in listed, f"{_id(path)} is not in _toc.yml"
 
 

@@ -24,7 +24,8 @@ def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
     ``out[..., r, t] = m[..., r, r + first + t]``: column t holds diagonal ``first + t`` of m
     (diagonal k is the entries whose column minus row is k). Entries whose column falls outside
     0 .. N - 1 are zero. When every read stays inside m the result is a view of m (no copy);
-    otherwise m's rows are zero-padded first, just enough.
+    otherwise it is a view of a copy of m's rows, zero-padded just enough and starting at column
+    ``first``.
 
     For a chunk's scores [2w, 2w], ``skew(scores, -w, 2w + 1)`` is the chunk in band layout:
     row x holds the keys x - w .. x + w of query x, one column per offset.
@@ -34,11 +35,13 @@ def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
     first, count = check_int(first, "first", minimum=-LIMIT), check_int(count, "count", minimum=1)
     if first > LIMIT or count > LIMIT:
         raise ValueError(f"first and count must lie within 2**31 - 1 of 0, got first = {first}, count = {count}")
-    left = max(0, -first)
     right = max(0, R + first + count - 1 - N)
-    if left or right:
-        m = F.pad(m, (left, right))  # ... x R x (left + N + right)
-        first += left
+    if first < 0 or right:
+        # zeros in front (or, when first > 0, the first columns cut off: a negative pad) so that
+        # row 0 starts at column 0 of the padded copy; inductor (torch.compile) reads an
+        # as_strided view that starts inside a padded copy wrongly, this one right
+        m = F.pad(F.pad(m, (max(0, -first), right)), (-max(0, first), 0))  # ... x R x (N - first + right)
+        first = 0
     stride = m.stride()
     start = m.narrow(-1, first, m.shape[-1] - first)  # row 0 starts at column `first`
     return start.as_strided(  # (the storage offset is start's own)

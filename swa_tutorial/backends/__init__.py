@@ -70,9 +70,19 @@ def choose(device: torch.device, seq_len: int, window: tuple[int, int]) -> str:
     return "chunks"
 
 
+def _traced(x: torch.Tensor) -> bool:
+    """Whether x is being traced by torch.compile or torch.export, or wrapped by a torch.func
+    transform (vmap, grad, jacrev, ...)."""
+    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
 def _auto(q, k, v, window, key_padding_mask, scale):
-    """The ``attend`` of the backend :func:`choose` picks for these inputs."""
-    return BACKENDS[choose(q.device, q.shape[1], window)](q, k, v, window, key_padding_mask, scale)
+    """The ``attend`` of the backend :func:`choose` picks for these inputs, or the chunks when
+    they are traced or transformed: the chunks are plain tensor code that torch.compile
+    (fullgraph), torch.export with a dynamic L and vmap see through, and are tested so; the tiles
+    loop over a tiling that depends on L, in a custom autograd function."""
+    name = "chunks" if _traced(q) else choose(q.device, q.shape[1], window)
+    return BACKENDS[name](q, k, v, window, key_padding_mask, scale)
 
 
 def load(backend: str):

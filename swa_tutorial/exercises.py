@@ -29,10 +29,13 @@ from typing import Callable, Iterator
 import torch
 
 from . import online_softmax
-from .backends.chunks import padded_length
+from .backends.chunks import padded_length, symmetric_window
 from .backends.triton_kernel import key_tile_span
 from .band import band_mask, band_scores, band_softmax, dense_to_band
 from .chunks import chunk, chunk_scores, merge_heads, num_chunks, split_heads
+from .conventions import from_flash_attn, from_mistral
+from .decoding import RollingKVCache
+from .distributed import halo_bytes, halo_plan, shard_starts
 from .labels import labelled_qkv
 from .reference import dense_attention, dense_band_mask, dense_longformer_attention
 from .skew import skew, unskew
@@ -549,6 +552,257 @@ def _merge_softmaxes() -> Iterator[Case]:
                    "one softmax over all the keys")
 
 
+# ---------------------------------------------------------------------------------------------
+# Windows of every shape, dilation, generation, a sequence over several devices.
+
+
+def _pair_of_ints(got) -> bool:
+    return (isinstance(got, (tuple, list)) and len(got) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in got))
+
+
+def _symmetric_window_compare(left: int, right: int) -> Compare:
+    """The band (w, shift) must hold the window, be the narrowest, and end on its right edge."""
+
+    def compare(expected, got) -> str | None:
+        if not _pair_of_ints(got):
+            return f"got {got!r}, expected a pair of ints (w, shift)"
+        w, shift = got
+        if w < 1:
+            return f"got {tuple(got)}: w = {w}, but the chunks need w >= 1"
+        lo, hi = shift - w, shift + w
+        missed = [o for o in range(-left, right + 1) if not lo <= o <= hi]
+        if missed:
+            return (f"got {tuple(got)}: the band's diagonals {lo} .. {hi} miss the window's diagonal "
+                    f"{missed[0]} (it needs {-left} .. {right})")
+        if w > expected[0]:
+            return (f"got {tuple(got)}: the band holds the window, but w = {expected[0]} is enough "
+                    f"(2w >= left + right = {left + right})")
+        if shift != expected[1]:
+            return (f"got {tuple(got)}: the band holds the window, but its right edge {hi} is not the "
+                    f"window's right edge {right}: shift = right - w = {expected[1]}")
+        return None
+
+    return compare
+
+
+def _symmetric_window() -> Iterator[Case]:
+    for left in range(13):
+        for right in range(13):
+            yield Case(f"symmetric_window(left={left}, right={right})", (left, right),
+                       symmetric_window(left, right), _symmetric_window_compare(left, right))
+
+
+def _keys_of(window) -> str:
+    """'keys i - 3 .. i, 4 keys' for (3, 0): a window as a token far from the ends sees it."""
+    left, right = window
+
+    def side(n, sign):
+        return "" if n == 0 else f" {sign} {n}"
+
+    count = left + right + 1
+    return f"keys i{side(left, '-')} .. i{side(right, '+')}, {count} key{'s' if count > 1 else ''}"
+
+
+def _flash_window_size_compare(W: int) -> Compare:
+    def compare(expected, got) -> str | None:
+        try:
+            window = from_flash_attn(got)
+        except (TypeError, ValueError) as error:
+            return f"got {got!r}, which FlashAttention's window_size does not take: {error}"
+        if window == expected:
+            return None
+        if None in window:
+            sides = " and ".join(n for n, s in zip(("left", "right"), window) if s is None)
+            return f"got {tuple(got)}: -1 means no limit, so the {sides} side is unbounded"
+        return (f"got {tuple(got)}: window_size={tuple(got)} lets token i see {_keys_of(window)}; "
+                f"Mistral's sliding_window={W} is {_keys_of(expected)}")
+
+    return compare
+
+
+def _flash_window_size() -> Iterator[Case]:
+    for W in range(1, 17):
+        yield Case(f"flash_window_size(W={W})", (W,), from_mistral(W), _flash_window_size_compare(W),
+                   f"from_mistral({W})")
+
+
+def _keys_compare(i: int, left: int, right: int, d: int, L: int) -> Compare:
+    """Query i's keys under a dilated window: name the first key missing or wrongly there, and why."""
+
+    def compare(expected, got) -> str | None:
+        if isinstance(got, torch.Tensor):
+            got = got.tolist()
+        if not isinstance(got, (list, tuple)) or not all(isinstance(j, int) for j in got):
+            return f"got {got!r}, expected a list of ints: {expected}"
+        extra = [j for j in got if j not in expected]
+        if extra:
+            j = extra[0]
+            if not 0 <= j < L:
+                why = f"it is outside the sequence 0 .. {L - 1}"
+            elif (j - i) % d:
+                why = f"j - i = {j - i} is not a multiple of d = {d}"
+            else:
+                why = f"it is {abs(j - i) // d} steps of d = {d} away, outside the window ({left}, {right})"
+            return f"got {list(got)}, expected {expected}: key {j} is not attended ({why})"
+        missing = [j for j in expected if j not in got]
+        if missing:
+            j = missing[0]
+            return (f"got {list(got)}, expected {expected}: key {j} is missing (j - i = {j - i} = "
+                    f"{(j - i) // d} d, inside the window ({left}, {right}))")
+        if list(got) != expected:
+            return f"got {list(got)}, expected {expected}: each key once, in increasing order"
+        return None
+
+    return compare
+
+
+def _dilated_keys() -> Iterator[Case]:
+    for L in (1, 7, 12):
+        for left, right, d in [(1, 1, 2), (2, 0, 3), (0, 3, 2), (3, 2, 4), (1, 1, 1), (1, 1, 12)]:
+            mask = window_mask(L, (left, right), dilation=d)
+            for i in range(L):
+                yield Case(f"dilated_keys(i={i}, left={left}, right={right}, d={d}, L={L})",
+                           (i, left, right, d, L), mask[i].nonzero().flatten().tolist(),
+                           _keys_compare(i, left, right, d, L),
+                           f"window_mask({L}, ({left}, {right}), dilation={d})")
+
+
+def _with_class(d: int) -> Compare:
+    """Outputs [B, L, H, d_v]; the message also names the residue class of the wrong position."""
+    compare = same_tensor(("batch", "position", "head", "component"), exact=False)
+
+    def with_class(expected, got) -> str | None:
+        problem = compare(expected, got)
+        if problem and problem.startswith("entry"):  # the first wrong entry, as compare found it
+            wrong = ~torch.isclose(got.detach().to(expected.dtype), expected, rtol=1e-10, atol=1e-10)
+            position = int(wrong.nonzero()[0, 1])
+            problem += f"; position {position} is in class {position % d}"
+        return problem
+
+    return with_class
+
+
+def _attend_by_slices() -> Iterator[Case]:
+    for seed, (L, window, d) in enumerate([(8, 1, 2), (11, (2, 0), 3), (20, (1, 3), 4), (5, 2, 1), (3, 1, 7)]):
+        q, k, v = _randn(3, 2, L, 2, 4, seed=seed)
+        yield Case(f"attend_by_slices(q, k, v, window={window}, d={d}) with [B, L, H, d] = [2, {L}, 2, 4]",
+                   (q, k, v, window, d), dense_attention(q, k, v, window, dilation=d), _with_class(d),
+                   f"dense_attention(q, k, v, {window}, dilation={d})")
+
+
+def _slots_compare(T: int, left: int) -> Compare:
+    """The token each slot holds (-1: none): name the first wrong slot and the rule it breaks."""
+    S = left + 1
+
+    def compare(expected, got) -> str | None:
+        if isinstance(got, torch.Tensor):
+            got = got.tolist()
+        if not isinstance(got, (list, tuple)) or len(got) != S:
+            return f"got {got!r}, expected {S} ints, one per slot: {expected}"
+        for s, (e, g) in enumerate(zip(expected, got)):
+            if g == e:
+                continue
+            if e == -1:
+                why = f"after {T} tokens only slots 0 .. {T - 1} hold one" if T else "no token yet"
+                return f"slot {s}: got {g!r}, expected -1 ({why}): got {list(got)}, expected {expected}"
+            return (f"slot {s}: got {g!r}, expected {e}: the cache holds the newest tokens {max(0, T - S)} .. "
+                    f"{T - 1}, and token {e} is in slot {e} mod {S} = {s}: got {list(got)}, expected {expected}")
+        return None
+
+    return compare
+
+
+def _cache_positions() -> Iterator[Case]:
+    for left in range(6):
+        cache = RollingKVCache(left, batch=1, heads=1, head_dim=1, dtype=torch.float64)
+        token = torch.zeros(1, 1, 1, 1, dtype=torch.float64)
+        cache.prefill(token[:, :0], token[:, :0], token[:, :0])  # an empty prompt
+        for T in range(13):
+            if T:
+                cache.step(token, token, token)
+            yield Case(f"cache_positions(T={T}, left={left})", (T, left), cache.positions.tolist(),
+                       _slots_compare(T, left), "RollingKVCache.positions")
+
+
+def _decode_step() -> Iterator[Case]:
+    for seed, (left, t, d) in enumerate([(2, 0, 2), (2, 1, 2), (2, 4, 2), (3, 9, 4), (0, 3, 3), (5, 2, 8)]):
+        q, k, v = _randn(3, 1, t + 1, 1, d, seed=seed)
+        cache = RollingKVCache(left, batch=1, heads=1, head_dim=d, dtype=torch.float64)
+        cache.prefill(q[:, :t], k[:, :t], v[:, :t])
+        cache.step(q[:, t:], k[:, t:], v[:, t:])  # token t, the newest
+        args = (q[0, t, 0], cache.keys[0, :, 0].clone(), cache.values[0, :, 0].clone(), cache.positions.clone())
+        yield Case(f"decode_step(q, keys, values, positions={cache.positions.tolist()}): token {t}, "
+                   f"left={left}, d={d}", args, dense_attention(q, k, v, (left, 0))[0, t, 0],
+                   same_tensor(("component",), exact=False), f"dense_attention(q, k, v, ({left}, 0))[:, {t}]")
+
+
+def _halo_cases(empty_shards: bool) -> Iterator[tuple[list[int], tuple[int, int]]]:
+    shards = [[4, 4], [3, 2, 3, 4], [1, 1, 1, 1, 1], [2, 9, 2]] + ([[5, 0, 2, 7]] if empty_shards else [])
+    for lengths in shards:
+        for window in itertools.product([0, 1, 2, 4, 7], [0, 1, 3, 8]):
+            yield lengths, window
+
+
+def _halo_range_compare(r: int, lengths: list[int], window: tuple[int, int]) -> Compare:
+    starts = shard_starts(lengths)
+    first, last, L = starts[r], starts[r + 1] - 1, starts[-1]
+    (left, right) = window
+
+    def compare(expected, got) -> str | None:
+        if not _pair_of_ints(got):
+            return f"got {got!r}, expected a pair of ints (start, stop): {expected}"
+        if got[0] != expected[0]:
+            clip = ", clipped to 0" if first - left < 0 else ""
+            return (f"start: got {got[0]}, expected {expected[0]}: rank {r}'s first query, position "
+                    f"{first}, attends keys from {first} - left = {first - left}{clip}")
+        if got[1] != expected[1]:
+            clip = f", clipped to L - 1 = {L - 1}" if last + right > L - 1 else ""
+            return (f"stop: got {got[1]}, expected {expected[1]}: rank {r}'s last query, position {last}, "
+                    f"attends keys up to {last} + right = {last + right}{clip}, and stop is one past the "
+                    f"last key")
+        return None
+
+    return compare
+
+
+def _halo_range() -> Iterator[Case]:
+    for lengths, window in _halo_cases(empty_shards=False):
+        starts, plan = shard_starts(lengths), halo_plan(lengths, window)
+        for r in range(len(lengths)):
+            received = [t for t in plan if t.dst == r]
+            expected = (min([starts[r]] + [t.start for t in received]),
+                        max([starts[r + 1]] + [t.stop for t in received]))
+            yield Case(f"halo_range(r={r}, lengths={lengths}, window={window})", (r, lengths, window), expected,
+                       _halo_range_compare(r, lengths, window), "halo_plan")
+
+
+def _bytes_sent_compare(lengths: list[int], window: tuple[int, int], token_bytes: int) -> Compare:
+    plan = halo_plan(lengths, window)
+
+    def compare(expected, got) -> str | None:
+        if not isinstance(got, (list, tuple)) or len(got) != len(lengths):
+            return f"got {got!r}, expected {len(lengths)} ints, one per rank: {expected}"
+        for rank, (e, g) in enumerate(zip(expected, got)):
+            if g == e:
+                continue
+            sends = [f"tokens {t.start} .. {t.stop - 1} to rank {t.dst}" for t in plan if t.src == rank]
+            tokens = e // token_bytes
+            what = ("it sends nothing" if not sends else
+                    f"{tokens} token{'s' if tokens > 1 else ''} of {token_bytes} bytes: {', '.join(sends)}")
+            return f"rank {rank}: got {g!r}, expected {e} ({what})"
+        return None
+
+    return compare
+
+
+def _halo_bytes_sent() -> Iterator[Case]:
+    for lengths, window in _halo_cases(empty_shards=True):
+        expected = halo_bytes(lengths, window, heads=1, head_dim=3, value_dim=2, itemsize=4)  # 20 a token
+        yield Case(f"halo_bytes_sent(lengths={lengths}, window={window}, token_bytes=20)", (lengths, window, 20),
+                   expected, _bytes_sent_compare(lengths, window, 20), "halo_bytes")
+
+
 EXERCISES: dict[str, Exercise] = {
     e.name: e
     for e in [
@@ -615,6 +869,24 @@ EXERCISES: dict[str, Exercise] = {
         Exercise("chunked_multiply_adds", "11_layer",
                  "chunked_multiply_adds(L, w, d): the two chunked products' multiply-adds per head",
                  "the shapes of the steps' tensors", _chunked_multiply_adds),
+        Exercise("symmetric_window", "12_window_shapes",
+                 "symmetric_window(left, right): (w, shift) of the narrowest band about a shifted diagonal",
+                 "swa_tutorial.backends.chunks.symmetric_window", _symmetric_window),
+        Exercise("flash_window_size", "12_window_shapes",
+                 "flash_window_size(W): FlashAttention's window_size for Mistral's sliding_window=W",
+                 "swa_tutorial.conventions", _flash_window_size),
+        Exercise("dilated_keys", "13_dilation",
+                 "dilated_keys(i, left, right, d, L): the sorted keys query i attends with dilation d",
+                 "swa_tutorial.windows.window_mask", _dilated_keys),
+        Exercise("attend_by_slices", "13_dilation",
+                 "attend_by_slices(q, k, v, window, d): dilated attention, one residue class at a time",
+                 "swa_tutorial.dense_attention", _attend_by_slices),
+        Exercise("cache_positions", "14_generation",
+                 "cache_positions(T, left): the token each slot of the rolling cache holds after T tokens",
+                 "swa_tutorial.RollingKVCache", _cache_positions),
+        Exercise("decode_step", "14_generation",
+                 "decode_step(q, keys, values, positions): the newest token's output from the cache",
+                 "swa_tutorial.dense_attention", _decode_step),
         Exercise("online_step", "16_tiles",
                  "online_step(row_max, row_sum, acc, scores, values): one key tile folded into the running softmax",
                  "swa_tutorial.online_softmax.step", _online_step),
@@ -630,5 +902,11 @@ EXERCISES: dict[str, Exercise] = {
         Exercise("merge_softmaxes", "15_longformer",
                  "merge_softmaxes(out1, lse1, out2, lse2): one softmax from two over disjoint keys",
                  "one softmax over all the keys", _merge_softmaxes),
+        Exercise("halo_range", "18_sequence_parallel",
+                 "halo_range(r, lengths, window): the positions start .. stop - 1 of rank r's keys and halo",
+                 "swa_tutorial.distributed.halo_plan", _halo_range),
+        Exercise("halo_bytes_sent", "18_sequence_parallel",
+                 "halo_bytes_sent(lengths, window, token_bytes): the bytes each rank sends its neighbours",
+                 "swa_tutorial.distributed.halo_bytes", _halo_bytes_sent),
     ]
 }

@@ -48,8 +48,12 @@ def first_call(name: str) -> str:
     return next(iter(EXERCISES[name].cases())).call
 
 
-@pytest.mark.parametrize("chapter", [f.stem for f in sorted(BOOK.glob("[01][0-9]_*.ipynb"))][1:11])
-def test_chapters_2_to_11_have_one_to_three_exercises(chapter):
+CHAPTERS = [f.stem for f in sorted(BOOK.glob("[01][0-9]_*.ipynb"))]
+WITHOUT_EXERCISES = {"01_preface", "19_benchmarks"}  # the preface, and measurements to read
+
+
+@pytest.mark.parametrize("chapter", [c for c in CHAPTERS if c not in WITHOUT_EXERCISES])
+def test_every_chapter_from_2_on_has_one_to_three_exercises(chapter):
     names = [e.name for e in EXERCISES.values() if e.chapter == chapter]
     assert 1 <= len(names) <= 3, (chapter, names)
     assert len(tagged_cells(chapter, "exercise")) == len(tagged_cells(chapter, "solution")) == len(names)
@@ -164,6 +168,26 @@ def tile_backward_without_the_lse_gradient(q, k, v, allowed, out, lse, grad_out,
     return scale * ds @ k, scale * ds.T @ q, p.T @ grad_out
 
 
+def attend_the_whole_sequence(q, k, v, window, d):
+    from swa_tutorial import sliding_window_attention
+
+    return sliding_window_attention(q, k, v, window)  # the ordinary window: neighbours of every class
+
+
+def newest_tokens_in_order(T, left):
+    return (list(range(max(0, T - left - 1), T)) + [-1] * (left + 1))[: left + 1]  # not slot t mod (left + 1)
+
+
+def decode_step_unmasked(q, keys, values, positions):
+    return (keys @ q / q.shape[0] ** 0.5).softmax(dim=0) @ values  # the empty slots' zero keys get weight
+
+
+def neighbours_send_whole_windows(lengths, window, token_bytes):
+    left, right = window  # as if every shard were longer than the window
+    last = len(lengths) - 1
+    return [((right if r > 0 else 0) + (left if r < last else 0)) * token_bytes for r in range(last + 1)]
+
+
 def merge_without_the_max(out1, lse1, out2, lse2):
     e1, e2 = lse1.exp()[:, None], lse2.exp()[:, None]
     return (e1 * out1 + e2 * out2) / (e1 + e2)
@@ -224,6 +248,57 @@ WRONG = [
     ("chunked_multiply_adds", lambda L, w, d: (L // w - 1) * 4 * w * w * d,  # forgets P x V: 2 blocks [1, 3]
      "chunked_multiply_adds(L=2, w=1, d=1): got 4, expected 10 (expected from the shapes of chunk_scores and "
      "unskew)"),
+    ("symmetric_window", lambda left, right: (max(1, (left + right) // 2), right - max(1, (left + right) // 2)),
+     "symmetric_window(left=0, right=3): got (1, 2): the band's diagonals 1 .. 3 miss the window's diagonal 0 "
+     "(it needs 0 .. 3)"),  # floor, not ceil: an odd window loses a diagonal
+    ("symmetric_window", lambda left, right: (max(1, left, right), 0),  # Part I's band of the longer side
+     "symmetric_window(left=0, right=0): got (1, 0): the band holds the window, but its right edge 1 is not "
+     "the window's right edge 0: shift = right - w = -1"),
+    ("symmetric_window", lambda left, right: (max(1, left, right), right - max(1, left, right)),
+     "symmetric_window(left=0, right=2): got (2, 0): the band holds the window, but w = 1 is enough "
+     "(2w >= left + right = 2)"),
+    ("symmetric_window", lambda left, right: ((left + right) // 2, right - (left + right) // 2),
+     "symmetric_window(left=0, right=0): got (0, 0): w = 0, but the chunks need w >= 1"),
+    ("flash_window_size", lambda W: (W, 0),  # the off-by-one of transformers 29623
+     "flash_window_size(W=1): got (1, 0): window_size=(1, 0) lets token i see keys i - 1 .. i, 2 keys; "
+     "Mistral's sliding_window=1 is keys i .. i, 1 key (expected from from_mistral(1))"),
+    ("flash_window_size", lambda W: (W - 1, W - 1),  # right for causal=True, which is not passed
+     "flash_window_size(W=2): got (1, 1): window_size=(1, 1) lets token i see keys i - 1 .. i + 1, 3 keys; "
+     "Mistral's sliding_window=2 is keys i - 1 .. i, 2 keys (expected from from_mistral(2))"),
+    ("flash_window_size", lambda W: (-1, 0),
+     "flash_window_size(W=1): got (-1, 0): -1 means no limit, so the left side is unbounded"),
+    ("dilated_keys", lambda i, left, right, d, L: [j for j in range(i - left, i + right + 1, d) if 0 <= j < L],
+     "dilated_keys(i=0, left=1, right=1, d=2, L=1): got [], expected [0]: key 0 is missing (j - i = 0 = 0 d, "
+     "inside the window (1, 1))"),  # the window not stretched by d: range(-1, 2, 2) skips 0
+    ("dilated_keys", lambda i, left, right, d, L: list(range(i - left * d, i + right * d + 1, d)),
+     "dilated_keys(i=0, left=1, right=1, d=2, L=1): got [-2, 0, 2], expected [0]: key -2 is not attended "
+     "(it is outside the sequence 0 .. 0)"),
+    ("dilated_keys", lambda i, left, right, d, L: [j for j in range(i - left * d, i + right * d + 1) if 0 <= j < L],
+     "dilated_keys(i=0, left=1, right=1, d=2, L=7): got [0, 1, 2], expected [0, 2]: key 1 is not attended "
+     "(j - i = 1 is not a multiple of d = 2)"),
+    ("attend_by_slices", attend_the_whole_sequence,
+     "attend_by_slices(q, k, v, window=1, d=2) with [B, L, H, d] = [2, 8, 2, 4]: entry [batch 0, position 0, "
+     "head 0, component 0]: got "),
+    ("cache_positions", newest_tokens_in_order,
+     "cache_positions(T=3, left=1): slot 0: got 1, expected 2: the cache holds the newest tokens 1 .. 2, and "
+     "token 2 is in slot 2 mod 2 = 0: got [1, 2], expected [2, 1] (expected from RollingKVCache.positions)"),
+    ("cache_positions", lambda T, left: [0] * (left + 1),
+     "cache_positions(T=0, left=0): slot 0: got 0, expected -1 (no token yet): got [0], expected [-1]"),
+    ("decode_step", decode_step_unmasked,  # token 0 sees itself alone, not two zero keys besides
+     "decode_step(q, keys, values, positions=[0, -1, -1]): token 0, left=2, d=2: entry [component 0]: got "),
+    ("halo_range", lambda r, lengths, window: (max(0, sum(lengths[:r]) - window[0]),
+                                               min(sum(lengths), sum(lengths[:r + 1]) - 1 + window[1])),
+     "halo_range(r=0, lengths=[4, 4], window=(0, 0)): stop: got 3, expected 4: rank 0's last query, "
+     "position 3, attends keys up to 3 + right = 3, and stop is one past the last key (expected from halo_plan)"),
+    ("halo_range", lambda r, lengths, window: (sum(lengths[:r]) - window[0], sum(lengths[:r + 1]) + window[1]),
+     "halo_range(r=1, lengths=[4, 4], window=(0, 1)): stop: got 9, expected 8: rank 1's last query, position "
+     "7, attends keys up to 7 + right = 8, clipped to L - 1 = 7, and stop is one past the last key"),
+    ("halo_bytes_sent", lambda lengths, window, token_bytes: [sum(window) * token_bytes] * len(lengths),
+     "halo_bytes_sent(lengths=[4, 4], window=(0, 1), token_bytes=20): rank 0: got 20, expected 0 (it sends "
+     "nothing) (expected from halo_bytes)"),  # the first rank has no left neighbour
+    ("halo_bytes_sent", neighbours_send_whole_windows,
+     "halo_bytes_sent(lengths=[4, 4], window=(0, 8), token_bytes=20): rank 1: got 160, expected 80 (4 tokens "
+     "of 20 bytes: tokens 4 .. 7 to rank 0)"),
     ("online_step", online_step_without_rescale,  # token 1: (e^-1 + 1) + 1, not (e^-1 + 1) e^-1 + 1
      "online_step(*state, scores, values): the labelled rows, w = 2, key tile 1 (keys 3, 4): row_sum: entry "
      "[row 0]: got 2.36788, expected 1.50321 (4 of 8 entries differ)"),

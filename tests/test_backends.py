@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cases import assert_close64
-from swa_tutorial import dense_attention
-from swa_tutorial.backends import BACKENDS
+from swa_tutorial import dense_attention, sliding_window_attention
+from swa_tutorial.backends import BACKENDS, TILES_FROM_CELLS, choose, tiles
 from swa_tutorial.windows import window_mask
 
 # The triton backend runs here under Triton's interpreter, slowly: tests/test_triton_kernel.py
@@ -177,3 +177,29 @@ def test_any_input_layout(name):
     assert_close64(out, ref)
     assert_close64(gk, ref_gk)
     assert not torch.allclose(gk[0], gk[1])  # really per batch element, not averaged
+
+
+def test_auto_takes_the_tiles_on_a_cpu_from_the_measured_size_on():
+    """The rule of ``choose``: on a CPU, tiles once one head's tiles score L (b + left + right) >=
+    TILES_FROM_CELLS cells, chunks below; elsewhere chunks (the only path timed on a GPU)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    b = tiles.TILE_ROWS
+    for L, window in [(1024, (32, 32)), (4096, (32, 32)), (1024, (256, 256)), (8, (2, 2)), (300, (1000, 0))]:
+        cells = L * (b + sum(window))
+        assert choose(cpu, L, window) == ("tiles" if cells >= TILES_FROM_CELLS else "chunks")
+        assert choose(cuda, L, window) == "chunks"
+    assert choose(cpu, 1024, (32, 32)) == "chunks" and choose(cpu, 4096, (32, 32)) == "tiles"
+
+
+@pytest.mark.parametrize("L, window, expected", [(64, 3, "chunks"), (4096, 40, "tiles"), (500, 400, "tiles")])
+def test_auto_runs_the_backend_it_chooses(monkeypatch, L, window, expected):
+    """backend="auto" calls the chosen backend once, with the clipped window, and returns its result."""
+    calls = []
+    for name in ("chunks", "tiles"):
+        real = BACKENDS[name]
+        monkeypatch.setitem(BACKENDS, name, lambda *a, name=name, real=real: calls.append((name, a[3])) or real(*a))
+    q, k, v = (torch.randn(1, L, 1, 4, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    out = sliding_window_attention(q, k, v, window)
+    side = min(window, L - 1)
+    assert calls == [(expected, (side, side))]
+    torch.testing.assert_close(out, sliding_window_attention(q, k, v, window, backend=expected))

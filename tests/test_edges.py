@@ -157,7 +157,7 @@ def test_output_is_contiguous_in_the_input_layout():
     assert out.view(2, 30, -1).shape == (2, 30, 24)  # heads concatenated, as a model needs
 
 
-@pytest.mark.parametrize("backend", ("chunks", "dense"))
+@pytest.mark.parametrize("backend", ("chunks", "dense", "tiles"))
 def test_an_expanded_upstream_gradient_reaches_the_backend_contiguous(backend, monkeypatch):
     """``out.sum().backward()`` sends back a zero-stride tensor: the backend's own backward must
     receive a dense one (a zero-stride operand makes the matrix products of the backward slow)."""
@@ -170,11 +170,10 @@ def test_an_expanded_upstream_gradient_reaches_the_backend_contiguous(backend, m
         out.register_hook(lambda g: seen.append(g.is_contiguous() and 0 not in g.stride()))
         return out, lse
 
-    monkeypatch.setattr(backends, "load", lambda name, device: recording)
     q, k, v = (randn(2, 40, 3, 8, seed=s).requires_grad_() for s in range(3))
     import swa_tutorial.attention as attention
 
-    monkeypatch.setattr(attention, "load", lambda name, device: recording)
+    monkeypatch.setattr(attention, "load", lambda name: recording)
     sliding_window_attention(q, k, v, 4).sum().backward()
     assert seen == [True]
 
@@ -290,7 +289,7 @@ def test_a_dilation_past_the_length_leaves_each_token_alone_at_no_cost(monkeypat
 
     rows = []
     real = BACKENDS["chunks"]
-    monkeypatch.setattr(attention, "load", lambda name, device: lambda *a: rows.append(a[0].shape[:2]) or real(*a))
+    monkeypatch.setattr(attention, "load", lambda name: lambda *a: rows.append(a[0].shape[:2]) or real(*a))
     q, k, v = (randn(2, 7, 3, 4, seed=s) for s in range(3))
     alone = dense_attention(q, k, v, (0, 0))  # each query attends its own key only
     assert_close64(alone, v)

@@ -150,7 +150,7 @@ def recorded_calls(monkeypatch, q, k, v, window, **kwargs):
         calls.append((tuple(args[0].shape), args[3]))
         return BACKENDS["chunks"](*args)
 
-    monkeypatch.setattr(attention, "load", lambda name, device: recording)
+    monkeypatch.setattr(attention, "load", lambda name: recording)
     out = sliding_window_attention(q, k, v, window, **kwargs)
     assert_close64(out, dense_attention(q, k, v, window, **kwargs))
     return calls

@@ -44,31 +44,35 @@ def check_backend(backend) -> str:
     return backend
 
 
-# "auto" on a CPU takes the tiles from this window span (left + right) on; below it the chunks,
-# whose few large calls beat the tiles' per-head loop (book/data/cpu-float32-auto.json).
-TILES_FROM_SPAN = 256
+# "auto" on a CPU takes the tiles when one head's tiles score at least this many cells,
+# L (b + left + right), b = tiles.TILE_ROWS; below it the chunks' few large calls beat the tiles'
+# loop over heads and tile groups (book/data/cpu-float32-auto-w*.json).
+TILES_FROM_CELLS = 2**18
 
 
-def choose(device: torch.device, window: tuple[int, int]) -> str:
-    """The backend ``"auto"`` runs for a (clipped) ``window`` on ``device``: the fastest exact path
-    measured there.
+def choose(device: torch.device, seq_len: int, window: tuple[int, int]) -> str:
+    """The backend ``"auto"`` runs for L = ``seq_len`` and a clipped ``window`` on ``device``: the
+    fastest exact path measured there.
 
-    * CPU: ``"tiles"`` when left + right >= ``TILES_FROM_SPAN`` (at w = 256 the tiles are 2.5 to 4x
-      faster than the chunks, forward and backward, and hold a tenth of their memory), else
-      ``"chunks"`` (at w = 64 the chunks are twice as fast). The measurement:
-      book/data/cpu-float32-auto.json, chapter "Benchmarks".
-    * CUDA and anything else: ``"chunks"``, the only path measured on a GPU so far. The Triton
-      kernel is tested under Triton's CPU interpreter, not yet timed or run on a GPU: ask for it
-      with ``backend="triton"``.
+    * CPU: ``"tiles"`` when L (b + left + right) >= ``TILES_FROM_CELLS`` (2^18; b = 64 rows per
+      tile), else ``"chunks"``. Measured on a 2-core CPU, float32, B = 1, H = 12, d = 64,
+      L = 1024 and 4096, w = 32 to 256 (book/data/cpu-float32-auto-w*.json, the benchmarks
+      chapter): at L = 1024 the chunks are about twice as fast for w = 32 and 64 (131k and 197k
+      cells), the two tie at w = 128 (328k), and from there on, and at every w at L = 4096, the
+      tiles are faster (2.5 to 4x at w = 256) and hold a fraction of the memory.
+    * CUDA and anything else: ``"chunks"``, the only one of the package's paths measured on a GPU
+      so far. The Triton kernel is tested under Triton's CPU interpreter but not yet run or timed
+      on a GPU: ask for it with ``backend="triton"``.
     """
-    if device.type == "cpu" and sum(window) >= TILES_FROM_SPAN:
+    left, right = window
+    if device.type == "cpu" and seq_len * (tiles.TILE_ROWS + left + right) >= TILES_FROM_CELLS:
         return "tiles"
     return "chunks"
 
 
 def _auto(q, k, v, window, key_padding_mask, scale):
     """The ``attend`` of the backend :func:`choose` picks for these inputs."""
-    return BACKENDS[choose(q.device, window)](q, k, v, window, key_padding_mask, scale)
+    return BACKENDS[choose(q.device, q.shape[1], window)](q, k, v, window, key_padding_mask, scale)
 
 
 def load(backend: str):

@@ -21,15 +21,15 @@ DATA = Path(__file__).resolve().parents[1] / "book" / "data"
 @pytest.mark.parametrize("L", [1, 2, 3, 7, 8, 16, 33, 100])
 @pytest.mark.parametrize("w", [1, 2, 3, 5, 8, 64])
 def test_band_pairs_counts_the_dense_band(L, w):
-    """P = L(2w + 1) - w(w + 1) is the number of True cells of the dense band mask (L^2 if w >= L)."""
+    """N = L(2w + 1) - w(w + 1) is the number of True cells of the dense band mask (L^2 if w >= L)."""
     assert band_pairs(L, w) == int(dense_band_mask(L, w).sum())
 
 
-def test_useful_flops_is_4_B_H_P_d_and_three_times_that_with_backward():
+def test_useful_flops_is_4_B_H_N_d_and_three_times_that_with_backward():
     B, H, L, w, d = 2, 3, 50, 4, 8
-    P = int(dense_band_mask(L, w).sum())
-    assert useful_flops(B, H, L, w, d, backward=False) == 4 * B * H * P * d
-    assert useful_flops(B, H, L, w, d, backward=True) == 3 * 4 * B * H * P * d
+    N = int(dense_band_mask(L, w).sum())
+    assert useful_flops(B, H, L, w, d, backward=False) == 4 * B * H * N * d
+    assert useful_flops(B, H, L, w, d, backward=True) == 3 * 4 * B * H * N * d
 
 
 @pytest.mark.parametrize("L,w", [(1, 1), (5, 2), (40, 3), (9, 20)])

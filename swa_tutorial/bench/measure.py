@@ -34,20 +34,20 @@ def resolve_device(name) -> torch.device:
 
 
 def band_pairs(seq_len: int, window: int) -> int:
-    """P, the number of (query, key) pairs in the band |i - j| <= w of an L x L matrix.
+    """N, the number of (query, key) pairs in the band |i - j| <= w of an L x L matrix.
 
     Row i has min(L - 1, i + w) - max(0, i - w) + 1 keys: 2w + 1 in the middle, and the first and
-    last w rows lose w, w - 1, ..., 1 keys, so P = L (2w + 1) - w (w + 1) for w <= L - 1 (a wider
-    window sees no more keys: P = L^2).
+    last w rows lose w, w - 1, ..., 1 keys, so N = L (2w + 1) - w (w + 1) for w <= L - 1 (a wider
+    window sees no more keys: N = L^2).
     """
     w = min(window, seq_len - 1)
     return seq_len * (2 * w + 1) - w * (w + 1)
 
 
 def useful_flops(batch: int, heads: int, seq_len: int, window: int, head_dim: int, backward: bool) -> int:
-    """The floating-point operations the band itself needs: 4 B H P d for the forward pass.
+    """The floating-point operations the band itself needs: 4 B H N d for the forward pass.
 
-    Each of the P pairs costs a d-long dot product for its score (2d: multiply and add) and a
+    Each of the N pairs costs a d-long dot product for its score (2d: multiply and add) and a
     d-long multiply-add of its value (2d). The backward pass needs two products per forward
     product (dS and dQ, dK from the scores; dP and dV from the values), so forward + backward
     counts 3 times the forward. Work an implementation does beyond the band (the zeros of dense

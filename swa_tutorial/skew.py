@@ -35,17 +35,18 @@ def skew(m: torch.Tensor, first: int, count: int) -> torch.Tensor:
     first, count = check_int(first, "first", minimum=-LIMIT), check_int(count, "count", minimum=1)
     if first > LIMIT or count > LIMIT:
         raise ValueError(f"first and count must lie within 2**31 - 1 of 0, got first = {first}, count = {count}")
-    right = max(0, R + first + count - 1 - N)
-    if first < 0 or right:
-        # zeros in front (or, when first > 0, the first columns cut off: a negative pad) so that
-        # row 0 starts at column 0 of the padded copy; inductor (torch.compile) reads an
-        # as_strided view that starts inside a padded copy wrongly, this one right
-        m = F.pad(F.pad(m, (max(0, -first), right)), (-max(0, first), 0))  # ... x R x (N - first + right)
-        first = 0
-    stride = m.stride()
-    start = m.narrow(-1, first, m.shape[-1] - first)  # row 0 starts at column `first`
+    if first < 0 or R + first + count - 1 > N:  # some reads fall outside m: read a padded copy
+        # m's columns from ``first`` on, zeros in front (first < 0) and behind, so that row 0
+        # starts at column 0 of the copy: inductor (torch.compile) reads an as_strided view that
+        # starts inside a padded copy wrongly (it returned NaN), one that starts at 0 right
+        skip, left = min(max(first, 0), N), max(-first, 0)
+        kept = m.narrow(-1, skip, N - skip)
+        start = F.pad(kept, (left, max(0, R + count - 1 - left - kept.shape[-1])))  # ... x R x >= R + count - 1
+    else:
+        start = m.narrow(-1, first, N - first)  # a view: row 0 starts at column `first`
+    stride = start.stride()
     return start.as_strided(  # (the storage offset is start's own)
-        (*m.shape[:-1], count),
+        (*start.shape[:-1], count),
         (*stride[:-2], stride[-2] + stride[-1], stride[-1]),  # one element further per row
     )
 

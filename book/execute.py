@@ -31,7 +31,8 @@ except ImportError:  # in Colab: install the book's package first
 def toc_notebooks() -> list[pathlib.Path]:
     """The notebooks of _toc.yml, in reading order."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
-    files = [toc["root"]] + [entry["file"] for entry in toc.get("chapters", [])]
+    chapters = [entry for part in toc.get("parts", [toc]) for entry in part.get("chapters", [])]
+    files = [toc["root"]] + [entry["file"] for entry in chapters]
     return [ROOT / f"{f}.ipynb" for f in files if (ROOT / f"{f}.ipynb").exists()]
 
 

@@ -127,6 +127,21 @@ def test_gradcheck(name, window):
     assert torch.autograd.gradcheck(both, (q, k, v))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_second_derivatives(name):
+    """gradgradcheck: a gradient penalty or a Hessian-vector product differentiates the backward,
+    whichever backend "auto" picked for the length (once the tiles' backward was not)."""
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 7, 1, 2, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.tensor([[False, False, True, False, False, True, True]])  # the last query sees no key
+
+    def both(q, k, v):
+        out, lse = BACKENDS[name](q, k, v, (1, 2), mask, 0.7)
+        return out, lse.masked_fill(lse == float("-inf"), 0.0)
+
+    assert torch.autograd.gradgradcheck(both, (q, k, v), fast_mode=True)
+
+
 def sdpa_error(q, k, v, window, mask, scale, ref):
     """PyTorch SDPA's max error on these (rounded) inputs, over the queries that have a key."""
     allowed = window_mask(q.shape[1], window)[None, None]

@@ -206,6 +206,30 @@ def test_auto_takes_the_tiles_on_a_cpu_from_the_measured_size_on():
     assert choose(cpu, 1024, (32, 32)) == "chunks" and choose(cpu, 4096, (32, 32)) == "tiles"
 
 
+def test_auto_under_a_transform_of_k_v_or_the_mask_alone():
+    """At a length where auto takes the tiles, torch.func transforms that wrap only the values
+    (vmap), only the mask (vmap) or only the keys (grad, q captured) match eager mode (they once
+    reached the tiles' autograd Function, which functorch cannot run, because only q was asked
+    whether it was wrapped)."""
+    L, window = 500, 400  # tiles in eager mode
+    assert choose(torch.device("cpu"), L, (window, window)) == "tiles"
+    g = torch.Generator().manual_seed(9)
+    q, k = (torch.randn(1, L, 1, 4, generator=g) for _ in range(2))
+    values = torch.randn(2, 1, L, 1, 4, generator=g)
+    masks = torch.rand(2, 1, L, generator=g) < 0.3
+
+    def attention(k, v, mask=None):
+        return sliding_window_attention(q, k, v, window, key_padding_mask=mask)
+
+    loop = torch.stack([attention(k, v) for v in values])
+    torch.testing.assert_close(torch.func.vmap(lambda v: attention(k, v))(values), loop)
+    loop = torch.stack([attention(k, values[0], m) for m in masks])
+    torch.testing.assert_close(torch.func.vmap(lambda m: attention(k, values[0], m))(masks), loop)
+    k_leaf = k.clone().requires_grad_()
+    eager = torch.autograd.grad(attention(k_leaf, values[0]).square().sum(), k_leaf)[0]
+    torch.testing.assert_close(torch.func.grad(lambda k: attention(k, values[0]).square().sum())(k), eager)
+
+
 @pytest.mark.parametrize("L, window, expected", [(64, 3, "chunks"), (4096, 40, "tiles"), (500, 400, "tiles")])
 def test_auto_runs_the_backend_it_chooses(monkeypatch, L, window, expected):
     """backend="auto" calls the chosen backend once, with the clipped window, and returns its result."""

@@ -164,7 +164,11 @@ def _dilated(backend, q, k, v, window, key_padding_mask, scale, d):
 class _Output(torch.autograd.Function):
     """The result in the input's dtype as a new contiguous [B, L, H, d_v] tensor, whose backward
     hands the backends a contiguous gradient: ``out.sum().backward()`` sends back an expanded
-    (zero-stride) tensor, which would otherwise reach the backward's matrix products as is."""
+    (zero-stride) tensor, which would otherwise reach the backward's matrix products as is.
+
+    Always a copy, also when the backend's result is already contiguous in the input's dtype: a
+    backend may keep that result for its backward (the tiles and the kernel do), and a model may
+    change the attention's output in place (a residual ``out += x``)."""
 
     generate_vmap_rule = True
 

@@ -242,3 +242,12 @@ def test_auto_runs_the_backend_it_chooses(monkeypatch, L, window, expected):
     side = min(window, L - 1)
     assert calls == [(expected, (side, side))]
     torch.testing.assert_close(out, sliding_window_attention(q, k, v, window, backend=expected))
+
+
+@pytest.mark.parametrize("name", sorted(set(BACKENDS) - {"chunks", "dense"}))
+def test_a_backend_without_a_vmap_rule_says_so_under_a_transform(name):
+    """A custom autograd function without a vmap rule: the message names the backends that work."""
+    q, k = (torch.randn(1, 40, 1, 4, generator=torch.Generator().manual_seed(s)) for s in range(2))
+    values = torch.randn(3, 1, 40, 1, 4)  # three problems, vmapped over v alone
+    with pytest.raises(RuntimeError, match=f"backend='{name}' does not run under torch.func"):
+        torch.func.vmap(lambda v: sliding_window_attention(q, k, v, 3, backend=name))(values)

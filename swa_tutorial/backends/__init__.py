@@ -70,12 +70,18 @@ def choose(device: torch.device, seq_len: int, window: tuple[int, int]) -> str:
     return "chunks"
 
 
-def _traced(*tensors) -> bool:
-    """Whether torch.compile or torch.export is tracing, or a torch.func transform (vmap, grad,
-    jacrev, ...) wraps any of ``tensors`` (None for an absent mask): a transform may wrap k, v or
-    the mask alone (vmap over the values, grad in the keys) and leave q a plain tensor."""
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return torch.compiler.is_compiling() or any(x is not None and wrapped(x) for x in tensors)
+def _transformed(*tensors) -> bool:
+    """Whether a torch.func transform (vmap, grad, jacrev, ...) wraps any of ``tensors`` (None
+    for an absent mask; False while torch.compile traces, which cannot trace this test). A
+    transform may wrap k, v or the mask alone (vmap over the values, grad in the keys)."""
+    if torch.compiler.is_compiling():
+        return False
+    return any(x is not None and torch._C._functorch.is_functorch_wrapped_tensor(x) for x in tensors)
+
+
+# The backends that are plain tensor code, which torch.func transforms see through; the others
+# are custom autograd functions without a vmap rule.
+TRANSFORMABLE = ("chunks", "dense")
 
 
 def _auto(q, k, v, window, key_padding_mask, scale):
@@ -83,10 +89,26 @@ def _auto(q, k, v, window, key_padding_mask, scale):
     they are traced or transformed: the chunks are plain tensor code that torch.compile
     (fullgraph), torch.export with a dynamic L and vmap see through, and are tested so; the tiles
     loop over a tiling that depends on L, in a custom autograd function."""
-    name = "chunks" if _traced(q, k, v, key_padding_mask) else choose(q.device, q.shape[1], window)
+    traced = torch.compiler.is_compiling() or _transformed(q, k, v, key_padding_mask)
+    name = "chunks" if traced else choose(q.device, q.shape[1], window)
     return BACKENDS[name](q, k, v, window, key_padding_mask, scale)
 
 
 def load(backend: str):
-    """The ``attend`` function of ``backend``; "auto" chooses per call (:func:`choose`)."""
-    return _auto if backend == "auto" else BACKENDS[backend]
+    """The ``attend`` function of ``backend``; "auto" chooses per call (:func:`choose`). A
+    backend outside ``TRANSFORMABLE`` asked for under a torch.func transform raises a
+    RuntimeError that says which backends work there."""
+    if backend == "auto":
+        return _auto
+    if backend in TRANSFORMABLE:
+        return BACKENDS[backend]
+
+    def attend(q, k, v, window, key_padding_mask, scale):
+        if _transformed(q, k, v, key_padding_mask):
+            raise RuntimeError(
+                f"backend={backend!r} does not run under torch.func transforms (vmap, grad, ...); "
+                f"use backend='auto' or one of {', '.join(map(repr, TRANSFORMABLE))}"
+            )
+        return BACKENDS[backend](q, k, v, window, key_padding_mask, scale)
+
+    return attend

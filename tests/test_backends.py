@@ -127,6 +127,21 @@ def test_gradcheck(name, window):
     assert torch.autograd.gradcheck(both, (q, k, v))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_second_derivatives(name):
+    """gradgradcheck: a gradient penalty or a Hessian-vector product differentiates the backward,
+    whichever backend "auto" picked for the length (once the tiles' backward was not)."""
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 7, 1, 2, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    mask = torch.tensor([[False, False, True, False, False, True, True]])  # the last query sees no key
+
+    def both(q, k, v):
+        out, lse = BACKENDS[name](q, k, v, (1, 2), mask, 0.7)
+        return out, lse.masked_fill(lse == float("-inf"), 0.0)
+
+    assert torch.autograd.gradgradcheck(both, (q, k, v), fast_mode=True)
+
+
 def sdpa_error(q, k, v, window, mask, scale, ref):
     """PyTorch SDPA's max error on these (rounded) inputs, over the queries that have a key."""
     allowed = window_mask(q.shape[1], window)[None, None]
@@ -189,6 +204,30 @@ def test_auto_takes_the_tiles_on_a_cpu_from_the_measured_size_on():
         assert choose(cpu, L, window) == ("tiles" if cells >= TILES_FROM_CELLS else "chunks")
         assert choose(cuda, L, window) == "chunks"
     assert choose(cpu, 1024, (32, 32)) == "chunks" and choose(cpu, 4096, (32, 32)) == "tiles"
+
+
+def test_auto_under_a_transform_of_k_v_or_the_mask_alone():
+    """At a length where auto takes the tiles, torch.func transforms that wrap only the values
+    (vmap), only the mask (vmap) or only the keys (grad, q captured) match eager mode (they once
+    reached the tiles' autograd Function, which functorch cannot run, because only q was asked
+    whether it was wrapped)."""
+    L, window = 500, 400  # tiles in eager mode
+    assert choose(torch.device("cpu"), L, (window, window)) == "tiles"
+    g = torch.Generator().manual_seed(9)
+    q, k = (torch.randn(1, L, 1, 4, generator=g) for _ in range(2))
+    values = torch.randn(2, 1, L, 1, 4, generator=g)
+    masks = torch.rand(2, 1, L, generator=g) < 0.3
+
+    def attention(k, v, mask=None):
+        return sliding_window_attention(q, k, v, window, key_padding_mask=mask)
+
+    loop = torch.stack([attention(k, v) for v in values])
+    torch.testing.assert_close(torch.func.vmap(lambda v: attention(k, v))(values), loop)
+    loop = torch.stack([attention(k, values[0], m) for m in masks])
+    torch.testing.assert_close(torch.func.vmap(lambda m: attention(k, values[0], m))(masks), loop)
+    k_leaf = k.clone().requires_grad_()
+    eager = torch.autograd.grad(attention(k_leaf, values[0]).square().sum(), k_leaf)[0]
+    torch.testing.assert_close(torch.func.grad(lambda k: attention(k, values[0]).square().sum())(k), eager)
 
 
 @pytest.mark.parametrize("L, window, expected", [(64, 3, "chunks"), (4096, 40, "tiles"), (500, 400, "tiles")])

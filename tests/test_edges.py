@@ -26,7 +26,7 @@ def randn(*shape, seed=0, dtype=torch.float64):
 # Half precision: scores beyond the float16 range.
 
 
-@pytest.mark.parametrize("backend", ("chunks", "dense"))
+@pytest.mark.parametrize("backend", ("chunks", "dense", "tiles"))
 def test_float16_scores_beyond_its_range(backend):
     """q = 100 and k = -100 everywhere: every score is -80000, past float16's -65504. Each query
     averages its window's values equally; the padding key 3 (value 1000) never gets weight."""
@@ -208,7 +208,7 @@ def test_wide_windows_run_dense_not_padded(monkeypatch):
 # Non-finite inputs spread; they are never hidden.
 
 
-@pytest.mark.parametrize("backend", ("chunks", "dense"))
+@pytest.mark.parametrize("backend", ("chunks", "dense", "tiles"))
 def test_nan_in_q_or_k_reaches_exactly_the_rows_that_score_it(backend):
     q, k, v = (randn(1, 30, 1, 4, seed=s) for s in range(3))
     for name, window in (("q", 2), ("k", 2), ("k", (3, 0))):
@@ -325,7 +325,7 @@ def test_torch_export_of_dense_and_dilated_paths(window, kwargs, request):
 
 
 @pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("backend", ("chunks", "dense"))
+@pytest.mark.parametrize("backend", ("chunks", "dense", "tiles"))
 def test_autocast_does_not_lower_the_precision(dtype, backend):
     """Under torch.autocast the float32 products would run in 16 bits: the package turns
     autocast off inside, so its error stays at most 1.5x SDPA's (which keeps its own)."""

@@ -197,7 +197,8 @@ def test_queries_without_keys_give_zeros_and_no_gradient():
     ],
 )
 def test_gradcheck(L, window, tile_rows, kind):
-    """Finite differences (gradcheck's fast mode: random projections of the Jacobian)."""
+    """Finite differences (gradcheck's fast mode: random projections of the Jacobian), of the
+    gradients too (the backward is itself differentiable)."""
     B, H, d, dv = 2, 2, 3, 2
     g = torch.Generator().manual_seed(L)
     q, k = (torch.randn(B, L, H, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
@@ -214,6 +215,7 @@ def test_gradcheck(L, window, tile_rows, kind):
         return out, lse.masked_fill(lse == float("-inf"), 0.0)  # -inf has no finite difference
 
     assert torch.autograd.gradcheck(attention, (q, k, v), fast_mode=True)
+    assert torch.autograd.gradgradcheck(attention, (q, k, v), fast_mode=True)
 
 
 def test_expanded_upstream_gradient():

@@ -70,10 +70,12 @@ def choose(device: torch.device, seq_len: int, window: tuple[int, int]) -> str:
     return "chunks"
 
 
-def _traced(x: torch.Tensor) -> bool:
-    """Whether x is being traced by torch.compile or torch.export, or wrapped by a torch.func
-    transform (vmap, grad, jacrev, ...)."""
-    return torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(x)
+def _traced(*tensors) -> bool:
+    """Whether torch.compile or torch.export is tracing, or a torch.func transform (vmap, grad,
+    jacrev, ...) wraps any of ``tensors`` (None for an absent mask): a transform may wrap k, v or
+    the mask alone (vmap over the values, grad in the keys) and leave q a plain tensor."""
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return torch.compiler.is_compiling() or any(x is not None and wrapped(x) for x in tensors)
 
 
 def _auto(q, k, v, window, key_padding_mask, scale):
@@ -81,7 +83,7 @@ def _auto(q, k, v, window, key_padding_mask, scale):
     they are traced or transformed: the chunks are plain tensor code that torch.compile
     (fullgraph), torch.export with a dynamic L and vmap see through, and are tested so; the tiles
     loop over a tiling that depends on L, in a custom autograd function."""
-    name = "chunks" if _traced(q) else choose(q.device, q.shape[1], window)
+    name = "chunks" if _traced(q, k, v, key_padding_mask) else choose(q.device, q.shape[1], window)
     return BACKENDS[name](q, k, v, window, key_padding_mask, scale)
 
 

@@ -21,7 +21,10 @@ The work, per head, in groups of tiles:
       dQ = scale * dS K_span,  dK_span = dS^T (scale * Q),
 
   then adds each tile's dK_span, dV_span to the keys it came from (neighbouring spans overlap,
-  so the adds overlap too).
+  so the adds overlap too). The backward is plain differentiable tensor code, so second
+  derivatives work (``create_graph=True``: a gradient penalty, a Hessian-vector product), as
+  on the chunks; only then does autograd record it, and that record holds every group's
+  recomputed weights, B H L (b + left + right) numbers, as many as the band.
 
 Memory: besides O(L d) for the inputs, outputs and gradients, the work on one group of one head
 holds a few tensors of at most g x span x max(b, d, d_v) elements, g the largest number of tiles
@@ -64,7 +67,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
 TILE_ROWS = 64  # b: queries per tile
 GROUP_CELLS = 2**19  # the most score cells (tiles x rows x span) one group of one head holds
@@ -295,7 +297,6 @@ class TiledAttention(torch.autograd.Function):
         return out, lse
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dout, dlse):
         q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
         window, scale, tile_rows, group_cells = ctx.settings

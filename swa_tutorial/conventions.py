@@ -6,11 +6,12 @@ library spells it, and returns ``(left, right)``: query i attends keys i - left 
 ends inclusive (None for a side without limit), the form ``swa_tutorial.windows.check_window``
 takes. A token away from the ends therefore sees left + right + 1 keys.
 
-* FlashAttention ``window_size=(l, r)``: keys i - l .. i + r, so ``(l, r)``, l + r + 1 keys;
-* xformers ``LocalAttentionFromBottomRightMask(l, r)``: the same, ``(l, r)``;
+* FlashAttention ``window_size=(left, right)``: keys i - left .. i + right, so ``(left, right)``,
+  left + right + 1 keys;
+* xformers ``LocalAttentionFromBottomRightMask(left, right)``: the same, ``(left, right)``;
 * Mistral's and Gemma's ``sliding_window=W``: W keys, the token's own the last, ``(W - 1, 0)``;
 * attention-gym's ``generate_sliding_window(w)``: w keys back and itself, ``(w, 0)``, w + 1 keys;
-* Hugging Face Longformer's ``attention_window=W``: W/2 on each side, ``(W/2, W/2)``, W + 1 keys;
+* Hugging Face Longformer's ``attention_window=2w``: w on each side, ``(w, w)``, 2w + 1 keys;
 * the original Longformer's ``attention_window=w``: w on each side, ``(w, w)``, 2w + 1 keys
   (``autoregressive=True``: only before, ``(w, 0)``, w + 1 keys).
 
@@ -161,15 +162,15 @@ def from_gemma(sliding_window) -> tuple[Side, int]:
 
 
 def from_hf_longformer(attention_window) -> tuple[int, int]:
-    """Hugging Face ``LongformerConfig.attention_window=W`` (one layer's) as ``(W/2, W/2)``.
+    """Hugging Face ``LongformerConfig.attention_window=2w`` (one layer's) as ``(w, w)``.
 
     Source: Hugging Face transformers, ``src/transformers/models/longformer/``: the config's
     ``attention_window`` is the "Size of an attention window around each token" (an int, or one per
     layer); ``LongformerSelfAttention`` requires it even and positive and sets
     ``one_sided_attn_window_size = attention_window // 2``, and ``_sliding_chunks_query_key_matmul``
-    scores the band of ``2 * one_sided_attn_window_size + 1`` keys around each token. So W is the
-    whole window less the token itself: W = 512 (the released checkpoints) is 256 keys on each
-    side. An odd W is refused, as Hugging Face refuses it. (W = 2 is a valid window, (1, 1), but
+    scores the band of ``2 * one_sided_attn_window_size + 1`` keys around each token. So ``attention_window``
+    is the whole window less the token itself, 2w: 512 (the released checkpoints) is 256 keys on
+    each side. An odd one is refused, as Hugging Face refuses it. (2 is a valid window, (1, 1), but
     transformers 5.24's ``_sliding_chunks_query_key_matmul`` fails on it: a slice
     ``1 - window_overlap:`` that becomes ``0:`` when the one-sided window is 1.)
     """
@@ -177,7 +178,7 @@ def from_hf_longformer(attention_window) -> tuple[int, int]:
     if w % 2:
         raise ValueError(
             f"attention_window must be even (Hugging Face's Longformer window is both sides together, "
-            f"W = 2w), got {w}"
+            f"attention_window = 2w), got {w}"
         )
     return w // 2, w // 2
 

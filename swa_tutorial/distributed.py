@@ -1,10 +1,10 @@
 """Sequence parallelism: sliding-window attention over a sequence split across processes.
 
 When a sequence outgrows one device it is cut into contiguous shards, one per rank of a process
-group, in rank order: rank r holds tokens o_r .. o_r + n_r - 1 of q, k, v as [B, n_r, H, d].
-A query i attends only the keys i - left d .. i + right d (d the dilation), so a rank needs from
-the others only the keys and values within that reach of its two ends: its *halo*. Ring
-attention passes every key past every rank; a window needs only its neighbours' edges.
+group, in rank order: a rank holds tokens first .. last of q, k, v as [B, n, H, d], n = last -
+first + 1. A query i attends only the keys i - left * dilation .. i + right * dilation, so a rank
+needs from the others only the keys and values within that reach of its two ends: its *halo*.
+Ring attention passes every key past every rank; a window needs only its neighbours' edges.
 
 :func:`sequence_parallel_attention` runs one call as five steps, on every rank:
 
@@ -13,8 +13,9 @@ attention passes every key past every rank; a window needs only its neighbours' 
    checks the table the same way, so bad input on any rank (a wrong shape, shards that disagree
    in B, H, d, d_v or dtype) raises on every rank, with the same message, before any data moves.
 2. **the plan** (:func:`halo_plan`): from the shard lengths alone every rank computes the same
-   list of transfers ``(src, dst, start, stop)``: rank dst needs keys ``o_dst - left D`` to
-   ``o_dst + n_dst - 1 + right D`` (D the largest dilation, clipped to the sequence), and each
+   list of transfers ``(src, dst, start, stop)``: rank dst needs keys ``first - left * dilation`` to
+   ``last + right * dilation`` (its shard's first and last token, the largest dilation, clipped to
+   the sequence), and each
    other rank sends the part of that range it holds, over several ranks when the window is wider
    than a shard; nothing from the right for a causal window.
 3. **the exchange** (:func:`exchange_halo`): one batch of point-to-point sends and receives
@@ -29,7 +30,7 @@ attention passes every key past every rank; a window needs only its neighbours' 
    to the rank that owns those tokens, which adds them to its own (an autograd function).
 
 The cost of the design: a rank computes ``before + after`` halo query rows it throws away, the
-fraction (before + after) / n_r of its work, negligible when shards are much longer than the
+fraction (before + after) / n of its work, negligible when shards are much longer than the
 window's reach. A kernel that takes a rectangular block of queries against a longer block of
 keys would skip them; the package's backends take square problems. The cost model (:func:`halo_bytes`, :func:`ring_bytes`,
 :func:`all_gather_bytes`, :func:`all_to_all_bytes`) counts the bytes each rank sends in the
@@ -162,19 +163,19 @@ def halo_bytes(lengths, window, *, heads, head_dim, itemsize, batch=1, value_dim
 
 
 def ring_bytes(lengths, *, heads, head_dim, itemsize, batch=1, value_dim=None) -> list[int]:
-    """Ring attention: the shards of keys and values travel around the ring r -> r + 1 for W - 1
-    steps, so every shard passes every rank. Rank r forwards every shard except that of rank
-    r + 1 (which never comes back to it): L - n_{r+1} tokens, (W - 1) / W of the sequence for equal
-    shards, whatever the window. (Its backward sends the key and value gradients around too.)"""
+    """Ring attention: the shards of keys and values travel around the ring, each rank to the next,
+    for M - 1 steps on M ranks, so every shard passes every rank. A rank forwards every shard
+    except that of the next rank (which never comes back to it): L less the next rank's tokens,
+    (M - 1) / M of the sequence for equal shards, whatever the window. (Its backward sends the key and value gradients around too.)"""
     lengths = _check_lengths(lengths)
     per_token, world, total = _token_bytes(batch, heads, head_dim, value_dim, itemsize), len(lengths), sum(lengths)
-    return [(total - lengths[(r + 1) % world]) * per_token for r in range(world)]
+    return [(total - lengths[(rank + 1) % world]) * per_token for rank in range(world)]
 
 
 def all_gather_bytes(lengths, *, heads, head_dim, itemsize, batch=1, value_dim=None) -> list[int]:
     """All-gather of the keys and values (Megatron's context parallelism): every rank receives the
-    whole sequence's keys and values, so each shard reaches the W - 1 other ranks; rank r sends its
-    n_r tokens to each (a ring all-gather moves as many bytes in all, forwarding others' shards)."""
+    whole sequence's keys and values, so each shard reaches the M - 1 other ranks; a rank sends its
+    n tokens to each (a ring all-gather moves as many bytes in all, forwarding others' shards)."""
     lengths = _check_lengths(lengths)
     per_token = _token_bytes(batch, heads, head_dim, value_dim, itemsize)
     return [n * (len(lengths) - 1) * per_token for n in lengths]
@@ -182,10 +183,10 @@ def all_gather_bytes(lengths, *, heads, head_dim, itemsize, batch=1, value_dim=N
 
 def all_to_all_bytes(lengths, *, heads, head_dim, itemsize, batch=1, value_dim=None) -> list[int]:
     """All-to-all over heads (DeepSpeed-Ulysses): one all-to-all turns the sequence shards of q, k
-    and v into head shards (H / W heads of the whole sequence on each rank), each rank attends its
-    heads, and a second all-to-all brings the output back to the sequence shards. Rank r sends the
-    q, k, v of its n_r tokens for the H - H / W heads it does not keep, then its heads' output for
-    the L - n_r tokens of the other ranks. ``heads`` (those of q, k and v alike) must be a multiple
+    and v into head shards (H / M heads of the whole sequence on each of M ranks), each rank attends its
+    heads, and a second all-to-all brings the output back to the sequence shards. A rank sends the
+    q, k, v of its n tokens for the H - H / M heads it does not keep, then its heads' output for
+    the L - n tokens of the other ranks. ``heads`` (those of q, k and v alike) must be a multiple
     of the number of ranks."""
     lengths = _check_lengths(lengths)
     value_dim = head_dim if value_dim is None else value_dim
@@ -457,14 +458,14 @@ def sequence_parallel_attention(q, k, v, window, *, key_padding_mask=None, scale
     ``sliding_window_attention`` on the whole sequence.
 
     Args:
-        q, k: this rank's queries and keys [B, n_r, H, d]; v: values [B, n_r, H, d_v]. Shard
-            lengths n_r may differ between ranks (0 too); B, H, d, d_v, dtype and device type must
+        q, k: this rank's queries and keys [B, n, H, d]; v: values [B, n, H, d_v]. Shard
+            lengths n may differ between ranks (0 too); B, H, d, d_v, dtype and device type must
             not. Float64, float32, float16 or bfloat16; CPU tensors with gloo, CUDA with NCCL.
         window: as in :func:`~swa_tutorial.sliding_window_attention`: w, or (left, right) with
             None for an unbounded side. An unbounded side is exact across ranks too: its halo is
             every token on that side, so ``(None, 0)`` gathers each rank's whole prefix
             (causal attention; ring attention does that with less memory).
-        key_padding_mask: optional bool [B, n_r], True = padding key. Ranks may pass None while
+        key_padding_mask: optional bool [B, n], True = padding key. Ranks may pass None while
             others pass a mask (None means no padding in that shard).
         scale, dilation, backend: as in :func:`~swa_tutorial.sliding_window_attention`; the
             same on every rank.
@@ -474,7 +475,7 @@ def sequence_parallel_attention(q, k, v, window, *, key_padding_mask=None, scale
             the backward runs) and ``"metadata_bytes"`` (its row of the metadata table).
 
     Returns:
-        This rank's output [B, n_r, H, d_v], contiguous, the dtype of q. Differentiable in q, k
+        This rank's output [B, n, H, d_v], contiguous, the dtype of q. Differentiable in q, k
         and v; when k or v requires grad, every rank must run the backward through its output
         (the halo gradients travel between ranks then), as with any collective.
 
@@ -574,7 +575,7 @@ def attend_shards(q, k, v, window, lengths, *, grad=None, key_padding_mask=None,
     shards of ``lengths`` tokens (one int per rank, in rank order, summing to L), as is
     ``key_padding_mask`` (bool [B, L]); ``grad`` [B, L, H, d_v] is the gradient of the whole
     output; other keyword arguments go to :func:`sequence_parallel_attention`. Returns this
-    rank's ``{"out": [B, n_r, H, d_v], "grads": (dq, dk, dv) of its shard or None, "stats": the
+    rank's ``{"out": [B, n, H, d_v], "grads": (dq, dk, dv) of its shard or None, "stats": the
     bytes it sent}``.
     """
     rank, world = dist.get_rank(kwargs.get("group")), dist.get_world_size(kwargs.get("group"))

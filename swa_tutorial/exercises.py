@@ -744,9 +744,9 @@ def _halo_cases(empty_shards: bool) -> Iterator[tuple[list[int], tuple[int, int]
             yield lengths, window
 
 
-def _halo_range_compare(r: int, lengths: list[int], window: tuple[int, int]) -> Compare:
+def _halo_range_compare(rank: int, lengths: list[int], window: tuple[int, int]) -> Compare:
     starts = shard_starts(lengths)
-    first, last, L = starts[r], starts[r + 1] - 1, starts[-1]
+    first, last, L = starts[rank], starts[rank + 1] - 1, starts[-1]
     (left, right) = window
 
     def compare(expected, got) -> str | None:
@@ -754,11 +754,11 @@ def _halo_range_compare(r: int, lengths: list[int], window: tuple[int, int]) -> 
             return f"got {got!r}, expected a pair of ints (start, stop): {expected}"
         if got[0] != expected[0]:
             clip = ", clipped to 0" if first - left < 0 else ""
-            return (f"start: got {got[0]}, expected {expected[0]}: rank {r}'s first query, position "
+            return (f"start: got {got[0]}, expected {expected[0]}: rank {rank}'s first query, position "
                     f"{first}, attends keys from {first} - left = {first - left}{clip}")
         if got[1] != expected[1]:
             clip = f", clipped to L - 1 = {L - 1}" if last + right > L - 1 else ""
-            return (f"stop: got {got[1]}, expected {expected[1]}: rank {r}'s last query, position {last}, "
+            return (f"stop: got {got[1]}, expected {expected[1]}: rank {rank}'s last query, position {last}, "
                     f"attends keys up to {last} + right = {last + right}{clip}, and stop is one past the "
                     f"last key")
         return None
@@ -769,12 +769,12 @@ def _halo_range_compare(r: int, lengths: list[int], window: tuple[int, int]) -> 
 def _halo_range() -> Iterator[Case]:
     for lengths, window in _halo_cases(empty_shards=False):
         starts, plan = shard_starts(lengths), halo_plan(lengths, window)
-        for r in range(len(lengths)):
-            received = [t for t in plan if t.dst == r]
-            expected = (min([starts[r]] + [t.start for t in received]),
-                        max([starts[r + 1]] + [t.stop for t in received]))
-            yield Case(f"halo_range(r={r}, lengths={lengths}, window={window})", (r, lengths, window), expected,
-                       _halo_range_compare(r, lengths, window), "halo_plan")
+        for rank in range(len(lengths)):
+            received = [t for t in plan if t.dst == rank]
+            expected = (min([starts[rank]] + [t.start for t in received]),
+                        max([starts[rank + 1]] + [t.stop for t in received]))
+            yield Case(f"halo_range(rank={rank}, lengths={lengths}, window={window})", (rank, lengths, window), expected,
+                       _halo_range_compare(rank, lengths, window), "halo_plan")
 
 
 def _bytes_sent_compare(lengths: list[int], window: tuple[int, int], token_bytes: int) -> Compare:
@@ -903,7 +903,7 @@ EXERCISES: dict[str, Exercise] = {
                  "merge_softmaxes(out1, lse1, out2, lse2): one softmax from two over disjoint keys",
                  "one softmax over all the keys", _merge_softmaxes),
         Exercise("halo_range", "18_sequence_parallel",
-                 "halo_range(r, lengths, window): the positions start .. stop - 1 of rank r's keys and halo",
+                 "halo_range(rank, lengths, window): the positions start .. stop - 1 of the rank's keys and halo",
                  "swa_tutorial.distributed.halo_plan", _halo_range),
         Exercise("halo_bytes_sent", "18_sequence_parallel",
                  "halo_bytes_sent(lengths, window, token_bytes): the bytes each rank sends its neighbours",

@@ -175,8 +175,8 @@ class PatchedLongformerSelfAttention(torch.nn.Module):
 
     It holds the original module's six Linear layers (``query``, ``key``, ``value``,
     ``query_global``, ``key_global``, ``value_global``: the same parameters, under the same names,
-    so the state dict is unchanged) and its window (``config.attention_window[layer_id]`` = W,
-    the window (W/2, W/2): :func:`swa_tutorial.conventions.from_hf_longformer`). Its forward
+    so the state dict is unchanged) and its window (``config.attention_window[layer_id]`` = 2w,
+    the window (w, w): :func:`swa_tutorial.conventions.from_hf_longformer`). Its forward
     takes the arguments Hugging Face's layer passes and returns the same first output.
     """
 

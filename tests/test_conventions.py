@@ -220,7 +220,7 @@ def test_the_two_longformers_differ_by_a_factor_of_two():
         (lambda: from_mistral(4096.0), TypeError, "sliding_window must be an int >= 1, got float"),
         (lambda: from_gemma([512, 512]), TypeError, "sliding_window must be one layer's window, an int"),
         (lambda: from_gemma(-4), ValueError, "sliding_window must be an int >= 1, got -4"),
-        (lambda: from_hf_longformer(5), ValueError, "attention_window must be even (Hugging Face's Longformer window is both sides together, W = 2w), got 5"),
+        (lambda: from_hf_longformer(5), ValueError, "attention_window must be even (Hugging Face's Longformer window is both sides together, attention_window = 2w), got 5"),
         (lambda: from_hf_longformer(0), ValueError, "attention_window must be an int >= 2, got 0"),
         (lambda: from_hf_longformer([512] * 12), TypeError, "attention_window must be one layer's window, an int; for a per-layer list"),
         (lambda: from_allenai_longformer(0), ValueError, "attention_window must be an int >= 1, got 0"),

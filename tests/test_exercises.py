@@ -286,12 +286,12 @@ WRONG = [
      "cache_positions(T=0, left=0): slot 0: got 0, expected -1 (no token yet): got [0], expected [-1]"),
     ("decode_step", decode_step_unmasked,  # token 0 sees itself alone, not two zero keys besides
      "decode_step(q, keys, values, positions=[0, -1, -1]): token 0, left=2, d=2: entry [component 0]: got "),
-    ("halo_range", lambda r, lengths, window: (max(0, sum(lengths[:r]) - window[0]),
-                                               min(sum(lengths), sum(lengths[:r + 1]) - 1 + window[1])),
-     "halo_range(r=0, lengths=[4, 4], window=(0, 0)): stop: got 3, expected 4: rank 0's last query, "
+    ("halo_range", lambda rank, lengths, window: (max(0, sum(lengths[:rank]) - window[0]),
+                                               min(sum(lengths), sum(lengths[:rank + 1]) - 1 + window[1])),
+     "halo_range(rank=0, lengths=[4, 4], window=(0, 0)): stop: got 3, expected 4: rank 0's last query, "
      "position 3, attends keys up to 3 + right = 3, and stop is one past the last key (expected from halo_plan)"),
-    ("halo_range", lambda r, lengths, window: (sum(lengths[:r]) - window[0], sum(lengths[:r + 1]) + window[1]),
-     "halo_range(r=1, lengths=[4, 4], window=(0, 1)): stop: got 9, expected 8: rank 1's last query, position "
+    ("halo_range", lambda rank, lengths, window: (sum(lengths[:rank]) - window[0], sum(lengths[:rank + 1]) + window[1]),
+     "halo_range(rank=1, lengths=[4, 4], window=(0, 1)): stop: got 9, expected 8: rank 1's last query, position "
      "7, attends keys up to 7 + right = 8, clipped to L - 1 = 7, and stop is one past the last key"),
     ("halo_bytes_sent", lambda lengths, window, token_bytes: [sum(window) * token_bytes] * len(lengths),
      "halo_bytes_sent(lengths=[4, 4], window=(0, 1), token_bytes=20): rank 0: got 20, expected 0 (it sends "

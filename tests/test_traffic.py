@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from swa_tutorial import sliding_window_attention
 from swa_tutorial.backends import chunks
+from swa_tutorial.backends.tiles import tile_groups
 from swa_tutorial.bench import bandwidth
 from swa_tutorial.bench import traffic as traffic_tool
 from swa_tutorial.traffic import count_traffic, fused_traffic, tile_work, touched_bytes
@@ -72,6 +73,21 @@ def test_meta_tensors_count_what_real_tensors_count():
     _, on_meta = count_traffic(chunks.attend, *meta, (4, 3), None, 0.5)
     assert [(o.op, o.read, o.written, o.flops) for o in on_cpu] == [(o.op, o.read, o.written, o.flops) for o in on_meta]
     assert sum(o.flops for o in on_cpu) > 0
+
+
+def test_the_tiles_backend_counts_on_meta_tensors_as_on_real_ones():
+    """The tiles (a clamped start, sliding spans, a clamped end, a short last tile) count the same
+    on meta tensors, and their products are those of the tiles' spans: 2 (d + d_v) per cell."""
+    B, L, H, d, d_v, window = 2, 300, 3, 8, 5, (40, 25)
+    real = [torch.randn(B, L, H, n) for n in (d, d, d_v)]
+    meta = [torch.empty(B, L, H, n, device="meta") for n in (d, d, d_v)]
+    _, on_cpu = count_traffic(sliding_window_attention, *real, window, backend="tiles")
+    _, on_meta = count_traffic(sliding_window_attention, *meta, window, backend="tiles")
+    assert [(o.op, o.read, o.written, o.flops) for o in on_cpu] == [(o.op, o.read, o.written, o.flops) for o in on_meta]
+    groups = tile_groups(L, window)
+    assert {g.key_step for g in groups} == {0, groups[0].rows} and L % groups[0].rows
+    cells = sum(g.tiles * g.rows * g.span for g in groups)
+    assert sum(o.flops for o in on_meta) == 2 * B * H * (d + d_v) * cells
 
 
 @given(st.integers(1, 90), st.integers(0, 40), st.integers(0, 40), st.sampled_from([4, 16]), st.sampled_from([4, 8, 16]))

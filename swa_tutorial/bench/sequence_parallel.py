@@ -11,7 +11,7 @@ each size asked for, with shards of n tokens per rank, it times on every rank:
   forward (metadata, exchange, attention), checked against the single-device function on the
   whole sequence before it is timed;
 * the messages alone of each way to shard attention, without their attention: ``halo_messages``
-  (the halo's point-to-point messages, no copy), ``ring`` (W - 1 steps passing key/value shards around the ring), ``all_gather`` (of the keys
+  (the halo's point-to-point messages, no copy), ``ring`` (M - 1 steps on M ranks passing key/value shards around the ring), ``all_gather`` (of the keys
   and values) and ``all_to_all`` (DeepSpeed-Ulysses: q, k, v to head shards, the output back).
 
 Each repetition starts after a barrier; its time is the slowest rank's. The methods take turns,
@@ -66,7 +66,7 @@ def _halo_messages(kv: torch.Tensor, plan, start: int):
 
 
 def _ring(kv: torch.Tensor):
-    """W - 1 steps: send the block held to rank r + 1, receive rank r - 1's (equal shards)."""
+    """M - 1 steps on M ranks: send the block held to the next rank, receive the previous one's (equal shards)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     held, sent = kv, 0
     for _ in range(world - 1):
@@ -87,13 +87,13 @@ def _all_gather(kv: torch.Tensor):
 
 def _all_to_all(qkv: torch.Tensor, d_v: int):
     """Ulysses: [B, n, H, 2d + d_v] sequence shards -> head shards of the whole sequence, and the
-    output [B, L, H / W, d_v] back (here the values stand in for it: same size)."""
+    output [B, L, H / M, d_v] back (M ranks) (here the values stand in for it: same size)."""
     world = dist.get_world_size()
     B, n, H, e = qkv.shape
-    send = qkv.unflatten(2, (world, H // world)).movedim(2, 0).contiguous()  # W x B x n x H/W x e
+    send = qkv.unflatten(2, (world, H // world)).movedim(2, 0).contiguous()  # M x B x n x H/M x e
     received = torch.empty_like(send)  # from each rank: its tokens, my heads
     dist.all_to_all_single(received, send)
-    out = received[..., -d_v:].contiguous()  # W x B x n x H/W x d_v: my heads' output, per rank's tokens
+    out = received[..., -d_v:].contiguous()  # M x B x n x H/M x d_v: my heads' output, per rank's tokens
     back = torch.empty_like(out)
     dist.all_to_all_single(back, out)
     mine = dist.get_rank()
@@ -171,10 +171,10 @@ def run(worlds, tokens_per_rank, window, heads: int, head_dim: int, reps: int, c
             for method, predicted in model.items():
                 counted = [r["bytes"][method] for r in ranks]
                 if counted != predicted:
-                    raise AssertionError(f"{method}, W={world}, n={n}: sent {counted}, the model says {predicted}")
+                    raise AssertionError(f"{method}, M={world}, n={n}: sent {counted}, the model says {predicted}")
             error = max(r["error"] for r in ranks)
             if error > 1e-4:
-                raise AssertionError(f"W={world}, n={n}: differs from one process by {error:.1e}")
+                raise AssertionError(f"M={world}, n={n}: differs from one process by {error:.1e}")
             slowest = {name: [max(r["times_s"][name][i] for r in ranks) for i in range(reps)]
                        for name in ranks[0]["times_s"]}
             doc["results"].append({"world": world, "tokens_per_rank": n, "max_abs_error": error,
@@ -187,7 +187,7 @@ def run(worlds, tokens_per_rank, window, heads: int, head_dim: int, reps: int, c
 def table_row(result: dict) -> str:
     times = "  ".join(f"{name} {t['median_s'] * 1e3:.2f} ms (IQR {t['iqr_s'] * 1e3:.2f})"
                       for name, t in result["times"].items())
-    return f"W={result['world']} n={result['tokens_per_rank']}: {times}"
+    return f"M={result['world']} n={result['tokens_per_rank']}: {times}"
 
 
 def main(argv=None) -> None:

@@ -3,7 +3,7 @@
 The kernel runs on the CPU under Triton's interpreter (TRITON_INTERPRET=1, set in conftest.py),
 whose tiles are 16 x 16: the small lengths here cross several query and key tiles, and the
 windows make every kind of key tile (skipped, full, partial) occur. Most cases go through
-:func:`swa_tutorial.bench.triton_check.check`, the check a GPU session runs on CUDA: outputs,
+:func:`swa_tutorial.bench.triton_check.check`, the check a GPU run makes on CUDA: outputs,
 log-sum-exps and the gradients of both against float64 dense attention; float32 and the half
 types against the error of PyTorch's SDPA on the same rounded inputs.
 """
@@ -231,7 +231,7 @@ def test_low_precision_error_against_sdpa(dtype, score_std, window, padding, lay
 
 
 def test_the_gpu_check_runs_and_writes_its_results(tmp_path):
-    """python -m swa_tutorial.bench.triton_check --tiny, as a GPU session runs it without --tiny."""
+    """python -m swa_tutorial.bench.triton_check --tiny, as a GPU run makes it without --tiny."""
     path = tmp_path / "check.json"
     assert triton_check.main(["--device", "cpu", "--tiny", "--out", str(path)]) == 0
     doc = json.loads(path.read_text())

@@ -132,11 +132,11 @@ def _by_dilation(backend, q, k, v, window, key_padding_mask, scale, dilations):
 def _dilated(backend, q, k, v, window, key_padding_mask, scale, d):
     """One dilation d for all of q's heads: d ordinary windows over the residue classes.
 
-    Tokens i = m d + r (r = 0 .. d - 1) form class r, in which token i sits at place m. Query i
-    attends key j only when j - i is a multiple of d, that is when both are in the same class,
-    and then -left d <= j - i <= right d means -left <= m_j - m_i <= right: an ordinary window
-    inside the class. So the sequence is padded to a multiple of d (padding keys masked), folded
-    into d sequences of L / d tokens as extra batch rows, attended, and unfolded.
+    Tokens i = mu d + kappa (kappa = 0 .. d - 1) form class kappa, in which token i sits at place
+    mu. Query i attends key j only when j - i is a multiple of d, that is when both are in the
+    same class, and then -left d <= j - i <= right d means -left <= mu_j - mu_i <= right: an
+    ordinary window inside the class. So the sequence is padded to a multiple of d (padding keys
+    masked), folded into d sequences of L / d tokens as extra batch rows, attended, and unfolded.
     """
     B, L = q.shape[:2]
     if d == 1:
@@ -145,7 +145,7 @@ def _dilated(backend, q, k, v, window, key_padding_mask, scale, d):
     places = -(-L // d)  # tokens per class, padding included
     extra = places * d - L
 
-    def classes(x):  # [B, L, ...] -> [B*d, L/d, ...]: row b*d + r is class r of batch b
+    def classes(x):  # [B, L, ...] -> [B*d, L/d, ...]: row b*d + kappa is class kappa of b
         x = F.pad(x, (0, 0) * (x.dim() - 2) + (0, extra))
         return x.unflatten(1, (places, d)).transpose(1, 2).flatten(0, 1)
 

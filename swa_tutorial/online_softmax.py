@@ -54,17 +54,17 @@ def start(rows: int, value_dim: int, dtype: torch.dtype = torch.float64, device=
 def step(state: RowState, scores: torch.Tensor, values: torch.Tensor) -> RowState:
     """Fold one tile of keys into the running softmax.
 
-    scores: [R, n], the tile's scores of the R rows (-inf where a row may not attend a key);
-    values: [n, d_v], the tile's values. Returns the new :class:`RowState`.
+    scores: [R, T_k], the tile's scores of the R rows (-inf where a row may not attend a key);
+    values: [T_k, d_v], the tile's values. Returns the new :class:`RowState`.
     """
     row_max, row_sum, acc = state
     if scores.dim() != 2 or scores.shape[0] != row_max.shape[0]:
-        raise ValueError(f"scores must be [R, n] with R = {row_max.shape[0]} rows, got {list(scores.shape)}")
+        raise ValueError(f"scores must be [R, T_k] with R = {row_max.shape[0]} rows, got {list(scores.shape)}")
     if values.dim() != 2 or values.shape != (scores.shape[1], acc.shape[1]):
-        raise ValueError(f"values must be [n, d_v] = {[scores.shape[1], acc.shape[1]]}, got {list(values.shape)}")
+        raise ValueError(f"values must be [T_k, d_v] = {[scores.shape[1], acc.shape[1]]}, got {list(values.shape)}")
     new_max = torch.maximum(row_max, scores.amax(dim=1))  # m' [R]
     shift = torch.where(new_max == float("-inf"), 0.0, new_max)  # a row with no key yet: subtract 0
-    p = torch.exp(scores - shift[:, None])  # [R, n], 0 on masked cells
+    p = torch.exp(scores - shift[:, None])  # [R, T_k], 0 on masked cells
     rescale = torch.exp(row_max - shift)  # exp(m - m') [R], 0 before the first key
     return RowState(new_max, rescale * row_sum + p.sum(dim=1), rescale[:, None] * acc + p @ values)
 

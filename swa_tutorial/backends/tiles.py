@@ -68,15 +68,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..softmax import accumulation_dtype
+
 TILE_ROWS = 64  # b: queries per tile
 GROUP_CELLS = 2**19  # the most score cells (tiles x rows x span) one group of one head holds
 
 NEG_INF = float("-inf")
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, float32 for float32, float16 and bfloat16."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass(frozen=True)

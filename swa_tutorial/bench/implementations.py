@@ -189,7 +189,7 @@ IMPLEMENTATIONS = {
 }
 
 
-def why_not(impl: Implementation, L: int, w: int, loop_max_len: int, device: str = "cpu") -> str | None:
+def why_not(impl: Implementation, L: int, w: int, loop_max_len: int, device: str) -> str | None:
     """Why ``impl`` cannot run at this length on this device (a reason recorded in the results), or None."""
     if impl.cuda_only and torch.device(device).type != "cuda":
         return "runs only on a CUDA device"

@@ -8,15 +8,18 @@ each compute one ordinary (left, right) window.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
-from .backends import check_backend, load
-from .softmax import accumulation_dtype
-from .validation import check_key_padding_mask, check_qkv, check_scale
-from .windows import check_dilation, check_window, clip_dilation, clip_window
+from swa_tutorial.backends import check_backend, load
+from swa_tutorial.core.precision import OutputCast, accumulation_dtype, without_autocast
+from swa_tutorial.core.validation import check_key_padding_mask, check_qkv, check_scale
+from swa_tutorial.core.windows import (
+    check_dilation,
+    check_window,
+    clip_dilation,
+    clip_window,
+)
 
 
 def sliding_window_attention(
@@ -36,7 +39,7 @@ def sliding_window_attention(
               ``window_size``). (w, 0) is a causal window of w + 1 keys, (0, 0) the token alone;
               None for a side means no limit ((None, 0) is causal attention).
 
-            :mod:`swa_tutorial.conventions` converts other libraries' settings.
+            :mod:`swa_tutorial.integrations.conventions` converts other libraries' settings.
         key_padding_mask: optional bool [B, L]; True marks a padding key that no query attends
             (as in ``torch.nn.MultiheadAttention``).
         scale: the factor on q . k before the softmax, a finite real; default 1 / sqrt(d).
@@ -66,7 +69,7 @@ def sliding_window_attention(
     out, lse = attend(
         q, k, v, window, key_padding_mask=key_padding_mask, scale=scale, dilation=dilation, backend=backend
     )
-    out = _Output.apply(out, q.dtype)
+    out = OutputCast.apply(out, q.dtype)
     return (out, lse) if return_lse else out
 
 
@@ -85,18 +88,6 @@ def attend(q, k, v, window, *, key_padding_mask=None, scale=None, dilation=1, ba
     backend = load(check_backend(backend))
     with without_autocast(q.device):
         return _attend(backend, q, k, v, window, key_padding_mask, scale, dilations)
-
-
-def without_autocast(device: torch.device):
-    """A context in which ``torch.autocast`` is off for ``device``'s type.
-
-    Autocast would run the float32 products of the precision contract in 16 bits; the package
-    computes in the dtype of its inputs whatever autocast says (as the float32 islands of other
-    attention code do), so its error stays that of the contract.
-    """
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def _attend(backend, q, k, v, window, key_padding_mask, scale, dilations):
@@ -159,27 +150,3 @@ def _dilated(backend, q, k, v, window, key_padding_mask, scale, d):
         return x.unflatten(0, (B, d)).transpose(1, 2).flatten(1, 2)[:, :L]
 
     return unfold(out), unfold(lse)
-
-
-class _Output(torch.autograd.Function):
-    """The result in the input's dtype as a new contiguous [B, L, H, d_v] tensor, whose backward
-    hands the backends a contiguous gradient: ``out.sum().backward()`` sends back an expanded
-    (zero-stride) tensor, which would otherwise reach the backward's matrix products as is.
-
-    Always a copy, also when the backend's result is already contiguous in the input's dtype: a
-    backend may keep that result for its backward (the tiles and the kernel do), and a model may
-    change the attention's output in place (a residual ``out += x``)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, dtype):
-        return x.to(dtype, memory_format=torch.contiguous_format, copy=True)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.dtype = inputs[0].dtype
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous().to(ctx.dtype), None

@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import torch
 
-from .attention import without_autocast
-from .softmax import accumulation_dtype, masked_softmax
-from .validation import FLOAT_DTYPES, check_int, check_key_padding_mask, check_scale, check_tensor
+from swa_tutorial.core.precision import accumulation_dtype, without_autocast
+from swa_tutorial.core.softmax import masked_softmax
+from swa_tutorial.core.validation import (
+    FLOAT_DTYPES,
+    check_int,
+    check_key_padding_mask,
+    check_scale,
+    check_tensor,
+)
 
 
 def masked_attention(q, k, v, allowed, scale: float) -> torch.Tensor:
@@ -25,7 +31,7 @@ def masked_attention(q, k, v, allowed, scale: float) -> torch.Tensor:
 
     q: [B, n, H, d]; k: [B, m, H, d]; v: [B, m, H, d_v]; allowed: bool [B, n, m], True where
     query a may attend key j. The masked softmax is the package's own
-    (:func:`swa_tutorial.softmax.masked_softmax`): scores, softmax and P x V in float32 for
+    (:func:`swa_tutorial.core.softmax.masked_softmax`): scores, softmax and P x V in float32 for
     float16/bfloat16 inputs (float64 for float64), and a query with no allowed key outputs exactly
     0. Returns q's dtype.
     """

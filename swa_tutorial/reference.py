@@ -8,7 +8,7 @@ Every fast path in the package is tested against these (in float64, on the CPU).
   at the keys of its window and nothing else. O(L w) work, but L small products in a Python loop.
 
 Both take the arguments of :func:`swa_tutorial.sliding_window_attention` (every window form of
-:mod:`swa_tutorial.windows`, dilation one per head or for all) and agree with it on everything it
+:mod:`swa_tutorial.core.windows`, dilation one per head or for all) and agree with it on everything it
 promises: padded keys never get weight, and a query with no key to attend gets a zero output
 (not NaN). They compute in the dtype of q.
 
@@ -18,22 +18,33 @@ score it inside their window. One in v reaches every row whose window holds it; 
 weights by values outside a row's window, and 0 x NaN is NaN, so there it may reach more rows.
 
 :func:`dense_longformer_attention` is the specification of Longformer's global attention
-(:mod:`swa_tutorial.longformer`): the window plus global columns and rows, as one L x L mask.
+(:mod:`swa_tutorial.integrations.longformer`): the window plus global columns and rows, as one L x L mask.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .validation import check_key_padding_mask, check_qkv, check_scale, check_token_mask
-from .windows import check_dilation, check_window, clip_dilation, clip_window, window_mask
+from swa_tutorial.core.validation import (
+    check_key_padding_mask,
+    check_qkv,
+    check_scale,
+    check_token_mask,
+)
+from swa_tutorial.core.windows import (
+    check_dilation,
+    check_window,
+    clip_dilation,
+    clip_window,
+    window_mask,
+)
 
 
 def dense_band_mask(seq_len: int, window, device=None, *, dilation: int = 1) -> torch.Tensor:
     """The window as a dense boolean matrix: bool [L, L], True where query i may attend key j.
 
     For an int w it is the band ``|i - j| <= w``; in general (j - i) % d == 0 and
-    -left * d <= j - i <= right * d (:func:`swa_tutorial.windows.window_mask`).
+    -left * d <= j - i <= right * d (:func:`swa_tutorial.core.windows.window_mask`).
     """
     return window_mask(seq_len, window, device, dilation=dilation)
 

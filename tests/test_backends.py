@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from cases import assert_close64
 from swa_tutorial import dense_attention, sliding_window_attention
 from swa_tutorial.backends import BACKENDS, TILES_FROM_CELLS, choose, tiles
-from swa_tutorial.windows import window_mask
+from swa_tutorial.core.windows import window_mask
 
 # The triton backend runs here under Triton's interpreter, slowly: tests/test_triton_kernel.py
 # holds its own version of these checks on smaller problems.

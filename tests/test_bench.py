@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from swa_tutorial import dense_attention, dense_band_mask, sliding_window_attention
-from swa_tutorial.bench import IMPLEMENTATIONS, band_pairs, check, lean_band_mask, query_slices, sweep, table, useful_flops, write
+from swa_tutorial.bench import (IMPLEMENTATIONS, band_pairs, check, lean_band_mask, query_slices, sweep, table,
+                                useful_flops, write)
 from swa_tutorial.bench import __main__ as cli
 from swa_tutorial.bench import device_check
 from swa_tutorial.bench.implementations import Implementation
@@ -219,8 +220,13 @@ BENCH_FILES = [p for p in sorted(DATA.glob("*.json")) if _schema_of(p) == SCHEMA
 
 
 def test_every_committed_result_file_names_a_known_schema():
-    from swa_tutorial.bench import bandwidth, longformer_model, sequence_parallel, traffic
+    import importlib.util
 
+    from swa_tutorial.bench import bandwidth, longformer_model, sequence_parallel
+
+    spec = importlib.util.spec_from_file_location("traffic_history", DATA.parent.parent / "tools" / "traffic_history.py")
+    traffic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(traffic)  # repository tooling, outside the package
     known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA}
     assert BENCH_FILES and {p.name: _schema_of(p) for p in DATA.glob("*.json") if _schema_of(p) not in known} == {}
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from cases import assert_close64
 from swa_tutorial import dense_attention, dense_band_mask, loop_attention, sliding_window_attention
-from swa_tutorial.backends import chunks, dense
+from swa_tutorial.backends import chunked as chunks, dense
 
 HALF = (torch.float16, torch.bfloat16)
 

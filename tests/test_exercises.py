@@ -17,8 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from swa_tutorial import dense_band_mask, exercises
-from swa_tutorial.exercises import EXERCISES, check, diagnose
+from swa_tutorial import dense_band_mask
+from swa_tutorial.tutorial import exercises
+from swa_tutorial.tutorial.exercises.framework import WIDTH
+from swa_tutorial.tutorial.exercises import EXERCISES, check, diagnose
 
 BOOK = pathlib.Path(__file__).resolve().parent.parent / "book"
 
@@ -133,8 +135,8 @@ def values_padded_at_the_end(v, w):
 
 
 def symmetric_layer(q, k, v, w):
-    from swa_tutorial import (band_mask, band_scores, band_softmax, band_times_values, chunk, chunk_scores,
-                              merge_heads, split_heads)
+    from swa_tutorial import (band_mask, band_scores, band_softmax, band_times_values, chunk, chunk_scores, merge_heads,
+                              split_heads)
 
     B, L, H, d = q.shape
     qm, km, vm = (merge_heads(x) for x in (q, k, v))
@@ -232,7 +234,7 @@ WRONG = [
     ("skew_chunk", skew_stride_not_longer,  # a row stride of 4w reads each row from its own start
      "skew_chunk(m, w=2) with m [1, 3, 4, 4]: entry [0, 0, x 1, t 1]: got 0, expected 21 "),
     ("view_row_lengths", lambda w: [4 * w + 1] * (2 * w),  # as if the memory never ended: 8 numbers for w = 1
-     "view_row_lengths(w=1): element 1: got 5, expected 3 (expected from swa_tutorial.explorers.skew_stages)"),
+     "view_row_lengths(w=1): element 1: got 5, expected 3 (expected from swa_tutorial.tutorial.figures.explorers.skew_stages)"),
     ("dense_to_band", lambda S, w: dense_to_band_reversed(S, w), "dense_to_band(S, w=2) with S [8, 8]: entry "
      "[query 0, t 0]: got "),
     ("band_mask", lambda L, w: (torch.arange(L)[:, None] + torch.arange(-w, w + 1)) < L,  # forgets key >= 0
@@ -356,7 +358,7 @@ def test_check_prints_its_verdict(capsys):
     check("num_chunks", lambda L, w: L // w)
     out = capsys.readouterr().out
     assert out == "✗ num_chunks(L=2, w=1): got 2, expected 1\n"
-    assert all(len(line) <= exercises.WIDTH for line in out.splitlines())
+    assert all(len(line) <= WIDTH for line in out.splitlines())
 
 
 def test_an_unknown_exercise_is_a_value_error():

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from swa_tutorial import explorers  # noqa: E402
+from swa_tutorial.tutorial.figures import explorers# noqa: E402
 
 # The explorers and sliders of the chapters (04, 08, 09, 10 twice).
 CASES = {

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from cases import assert_close64, window_cases
 from swa_tutorial import longformer_attention, sliding_window_attention
-from swa_tutorial.longformer import patch_hf_longformer
+from swa_tutorial.integrations.longformer import patch_hf_longformer
 from swa_tutorial.reference import dense_longformer_attention
-from swa_tutorial.windows import window_mask
+from swa_tutorial.core.windows import window_mask
 
 GLOBALS = ("none", "first", "few", "random", "all", "on_padding")
 

@@ -1,4 +1,4 @@
-"""The online softmax of swa_tutorial.online_softmax against the softmax over all keys at once."""
+"""The online softmax of swa_tutorial.steps.online_softmax against the softmax over all keys at once."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swa_tutorial import dense_attention, labelled_qkv
-from swa_tutorial.online_softmax import RowState, finish, start, step
-from swa_tutorial.softmax import masked_softmax
-from swa_tutorial.windows import window_mask
+from swa_tutorial.steps.online_softmax import RowState, finish, start, step
+from swa_tutorial.core.softmax import masked_softmax
+from swa_tutorial.core.windows import window_mask
 
 
 def fold(scores, allowed, values, cuts):

@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 import swa_tutorial.backends
 from cases import assert_close64
 from swa_tutorial import dense_attention
-from swa_tutorial.backends import triton_kernel
-from swa_tutorial.backends.triton_kernel import attend, key_tile_span, launch_config, span_table
+from swa_tutorial.backends.triton import launcher as triton_kernel
+from swa_tutorial.backends.triton.launcher import attend, launch_config
+from swa_tutorial.core.tiling import key_tile_span, span_table
 from swa_tutorial.bench import triton_check
-from swa_tutorial.bench.triton_check import PADDINGS, Case, check, sees_a_key
+from swa_tutorial.bench.triton_check import Case, PADDINGS, check, sees_a_key
 
 BLOCK = launch_config(torch.float32, 16, 16, interpreted=True)[0]  # the interpreter's tiles (16)
 
@@ -244,14 +245,14 @@ def test_the_gpu_check_runs_and_writes_its_results(tmp_path):
 
 
 def test_importing_the_package_and_the_backend_does_not_import_triton():
-    code = "import sys, swa_tutorial, swa_tutorial.backends.triton_kernel; print('triton' in sys.modules)"
+    code = "import sys, swa_tutorial, swa_tutorial.backends.triton.launcher; print('triton' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
 def test_without_triton_the_error_names_the_backend(monkeypatch):
-    monkeypatch.setitem(sys.modules, "swa_tutorial.backends._triton_jit", None)  # importing it fails
-    monkeypatch.delattr(swa_tutorial.backends, "_triton_jit", raising=False)
+    monkeypatch.setitem(sys.modules, "swa_tutorial.backends.triton.kernels", None)  # importing it fails
+    monkeypatch.delattr(swa_tutorial.backends.triton, "kernels", raising=False)
     q = torch.zeros(1, 4, 1, 2)
     with pytest.raises(RuntimeError, match="backend 'triton' needs the triton package"):
         attend(q, q, q, (1, 1), None, 1.0)

@@ -9,28 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from swa_tutorial import (
-    band_mask,
-    band_scores,
-    band_softmax,
-    band_times_values,
-    band_to_dense,
-    chunk,
-    chunk_scores,
-    dense_attention,
-    dense_band_mask,
-    dense_to_band,
-    labelled_qkv,
-    loop_attention,
-    merge_heads,
-    num_chunks,
-    padded_length,
-    skew,
-    sliding_window_attention,
-    split_heads,
-    unskew,
-    value_chunks,
-)
+from swa_tutorial import (band_mask, band_scores, band_softmax, band_times_values, band_to_dense, chunk, chunk_scores,
+                          dense_attention, dense_band_mask, dense_to_band, labelled_qkv, loop_attention, merge_heads,
+                          num_chunks, padded_length, skew, sliding_window_attention, split_heads, unskew, value_chunks)
 
 ENTRY_POINTS = (sliding_window_attention, dense_attention, loop_attention)
 B, L, H, D = 2, 6, 3, 4

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from cases import assert_close64
 from swa_tutorial import dense_attention, dense_band_mask, loop_attention
-from swa_tutorial.windows import check_dilation, check_window, clip_window, window_mask
+from swa_tutorial.core.windows import check_dilation, check_window, clip_window, window_mask
 
 sides = st.one_of(st.none(), st.integers(0, 12))
 

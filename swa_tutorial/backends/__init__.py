@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import torch
 
-from . import chunks, dense, tiles, triton_kernel
+from swa_tutorial.backends import chunked, dense, tiles, triton
 
-BACKENDS = {"chunks": chunks.attend, "dense": dense.attend, "tiles": tiles.attend, "triton": triton_kernel.attend}
+BACKENDS = {"chunks": chunked.attend, "dense": dense.attend, "tiles": tiles.attend, "triton": triton.attend}
 CHOICES = ("auto", *BACKENDS)
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..softmax import accumulation_dtype, masked_softmax
-from ..windows import offsets_mask
+from swa_tutorial.core.precision import accumulation_dtype
+from swa_tutorial.core.softmax import masked_softmax
+from swa_tutorial.core.windows import offsets_mask
 
 
 def attend(q, k, v, window, key_padding_mask, scale):

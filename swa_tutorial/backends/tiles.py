@@ -68,77 +68,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..softmax import accumulation_dtype
+from swa_tutorial.core.precision import accumulation_dtype
+from swa_tutorial.core.tiling import TileGroup, tile_groups
 
 TILE_ROWS = 64  # b: queries per tile
 GROUP_CELLS = 2**19  # the most score cells (tiles x rows x span) one group of one head holds
 
 NEG_INF = float("-inf")
-
-
-@dataclass(frozen=True)
-class TileGroup:
-    """``tiles`` consecutive query tiles of ``rows`` queries each, the first at ``first_query``.
-
-    Tile t scores the ``span`` keys from ``first_key + t * key_step``: ``key_step`` = ``rows``
-    where the span slides with its tile, 0 where every tile of the group sees the same span (at
-    the ends of the sequence, where spans are clamped inside it).
-    """
-
-    first_query: int
-    tiles: int
-    rows: int
-    first_key: int
-    key_step: int
-    span: int
-
-    @property
-    def queries(self) -> slice:
-        """The group's queries: tiles x rows of them."""
-        return slice(self.first_query, self.first_query + self.tiles * self.rows)
-
-    @property
-    def keys(self) -> slice:
-        """Every key some tile of the group scores."""
-        return slice(self.first_key, self.first_key + (self.tiles - 1) * self.key_step + self.span)
-
-
-def tile_groups(seq_len: int, window: tuple[int, int], tile_rows: int = TILE_ROWS,
-                group_cells: int = GROUP_CELLS) -> list[TileGroup]:
-    """Split L queries into tiles of ``tile_rows`` (b) and the tiles into groups.
-
-    Every tile scores span = min(b + left + right, L) keys. A tile's span starts at
-    ``i0 - left`` clamped to [0, L - span]; consecutive tiles whose spans slide (unclamped), or
-    share one clamped start, form runs, cut into groups of at most max(1, group_cells //
-    (b span)) tiles. A last, shorter tile (L not a multiple of b) is a group of its own.
-    """
-    left, right = window
-    rows = min(tile_rows, seq_len)
-    span = min(rows + left + right, seq_len)
-    per_group = max(1, group_cells // (rows * span))
-
-    def span_start(first_query: int) -> int:
-        return min(max(first_query - left, 0), seq_len - span)
-
-    def kind(tile: int) -> int:  # -1: clamped at the start, 0: sliding, 1: clamped at the end
-        start = tile * rows - left
-        return -1 if start < 0 else (1 if start > seq_len - span else 0)
-
-    groups = []
-    full_tiles = seq_len // rows
-    tile = 0
-    while tile < full_tiles:
-        end = tile + 1
-        while end < full_tiles and end - tile < per_group and kind(end) == kind(tile):
-            end += 1
-        first = tile * rows
-        step = rows if kind(tile) == 0 else 0
-        groups.append(TileGroup(first, end - tile, rows, span_start(first), step, span))
-        tile = end
-    if seq_len % rows:
-        first = full_tiles * rows
-        groups.append(TileGroup(first, 1, seq_len - first, span_start(first), 0, span))
-    return groups
 
 
 def spans(keys: torch.Tensor, group: TileGroup) -> torch.Tensor:

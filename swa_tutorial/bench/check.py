@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..reference import dense_attention
+from swa_tutorial.reference import dense_attention
 
 # Largest error allowed, relative to the largest reference value: float64 is exact up to rounding,
 # the others are bounded by their rounding (float32 about 1e-7, float16 1e-3, bfloat16 8e-3).

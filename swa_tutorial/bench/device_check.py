@@ -12,10 +12,10 @@ import argparse
 
 import torch
 
-from ..attention import sliding_window_attention
-from ..reference import dense_attention
-from .check import TOLERANCE
-from .measure import resolve_device
+from swa_tutorial.attention import sliding_window_attention
+from swa_tutorial.bench.check import TOLERANCE
+from swa_tutorial.bench.measure import resolve_device
+from swa_tutorial.reference import dense_attention
 
 # The tolerances of the check before every timing, for the dtypes a GPU runs.
 TOLERANCES = {dtype: TOLERANCE[dtype] for dtype in (torch.float32, torch.float16, torch.bfloat16)}

@@ -23,8 +23,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..attention import sliding_window_attention
-from ..reference import loop_attention
+from swa_tutorial.attention import sliding_window_attention
+from swa_tutorial.reference import loop_attention
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,9 @@ def _longformer_layer(H, d, w):
     """A Hugging Face LongformerSelfAttention, only for its two chunk functions (cached)."""
     if (H, d, w) not in _longformer_layers:
         from transformers import LongformerConfig
-        from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+        from transformers.models.longformer.modeling_longformer import (
+            LongformerSelfAttention,
+        )
 
         config = LongformerConfig(num_attention_heads=H, hidden_size=H * d, attention_window=[2 * w])
         _longformer_layers[H, d, w] = LongformerSelfAttention(config, layer_id=0)

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from .measure import PeakMemory, summarize
-from .sweep import provenance, write
+from swa_tutorial.bench.measure import PeakMemory, summarize
+from swa_tutorial.bench.sweep import provenance, write
 
 SCHEMA = "swa-tutorial-longformer-model/1"
 MODELS = ("original", "patched")
@@ -48,7 +48,7 @@ def build(model: str, spec: dict):
     from transformers import LongformerConfig, LongformerModel
     from transformers.utils import logging
 
-    from ..longformer import patch_hf_longformer
+    from swa_tutorial.integrations.longformer import patch_hf_longformer
 
     logging.set_verbosity_error()  # no "padded to a multiple of the window" notices in the output
     torch.manual_seed(0)

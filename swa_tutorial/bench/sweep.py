@@ -29,9 +29,16 @@ from pathlib import Path
 
 import torch
 
-from .check import check
-from .implementations import IMPLEMENTATIONS, why_not
-from .measure import PeakMemory, is_out_of_memory, matmul_peak, summarize, time_call, useful_flops
+from swa_tutorial.bench.check import check
+from swa_tutorial.bench.implementations import IMPLEMENTATIONS, why_not
+from swa_tutorial.bench.measure import (
+    PeakMemory,
+    is_out_of_memory,
+    matmul_peak,
+    summarize,
+    time_call,
+    useful_flops,
+)
 
 SCHEMA = "swa-tutorial-bench/1"
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

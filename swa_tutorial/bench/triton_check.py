@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..backends import triton_kernel
-from ..reference import allowed_keys, dense_attention
+from swa_tutorial.backends.triton import launcher as triton_kernel
+from swa_tutorial.reference import allowed_keys, dense_attention
 
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24}
 PADDINGS = ("none", "random", "tail", "blind_queries", "padded_batch_row")

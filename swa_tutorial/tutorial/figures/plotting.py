@@ -173,7 +173,10 @@ def draw_halo(ax, lengths, window, *, dilation=1, backward=False, first=1):
     keys and values it carries (for more than two ranks, only how many tokens); ``backward``
     reverses them: the halo's gradients going home.
     """
-    from .distributed import halo_plan, shard_starts  # only this picture needs it
+    from swa_tutorial.distributed import (  # only this picture needs it
+        halo_plan,
+        shard_starts,
+    )
 
     starts, plan = shard_starts(lengths), halo_plan(lengths, window, dilation)
     owner = [r for r, n in enumerate(lengths) for _ in range(n)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .validation import check_chunk_window, check_int, check_shape
+from swa_tutorial.core.validation import check_chunk_window, check_int, check_shape
 
 
 def num_chunks(seq_len: int, window: int) -> int:
@@ -89,3 +89,12 @@ def chunk_scores(q_chunks: torch.Tensor, k_chunks: torch.Tensor) -> torch.Tensor
     if q_chunks.shape[2] % 2:
         raise ValueError(f"the chunks must be 2w tokens long, an even number, got {q_chunks.shape[2]}")
     return torch.einsum("bcxd,bcyd->bcxy", q_chunks, k_chunks)  # BH x C x 2w x 2w
+
+
+def padded_length(seq_len: int, window: int) -> int:
+    """The length the chunked algorithm runs at: L rounded up to a multiple of w, at least 2w.
+
+    The chunk view needs no more than that (Longformer's own code pads to a multiple of 2w).
+    """
+    seq_len, window = check_int(seq_len, "seq_len"), check_chunk_window(window)
+    return max(2 * window, -(-seq_len // window) * window)

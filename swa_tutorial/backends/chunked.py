@@ -22,7 +22,7 @@ sequence, or None on a side) export for any L. torch.compile has no such limit (
 when it must).
 
 Scores, softmax and P x V are computed in float32 for half inputs (the accumulation dtype of
-:mod:`swa_tutorial.softmax`): q and k are converted before the chunked product, so no score is
+:mod:`swa_tutorial.core.softmax`): q and k are converted before the chunked product, so no score is
 ever rounded to 16 bits.
 """
 
@@ -31,39 +31,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..band import band_mask, band_scores
-from ..chunks import chunk, chunk_scores, merge_heads, split_heads
-from ..softmax import accumulation_dtype, masked_softmax
-from ..values import band_times_values
-from ..validation import check_chunk_window, check_int
-from . import dense
-
-
-def padded_length(seq_len: int, window: int) -> int:
-    """The length the chunked algorithm runs at: L rounded up to a multiple of w, at least 2w.
-
-    The chunk view needs no more than that (Longformer's own code pads to a multiple of 2w).
-    """
-    seq_len, window = check_int(seq_len, "seq_len"), check_chunk_window(window)
-    return max(2 * window, -(-seq_len // window) * window)
-
-
-def symmetric_window(left: int, right: int) -> tuple[int, int]:
-    """(w, shift): the symmetric window about a shifted diagonal that holds (left, right)."""
-    w = max(1, (left + right + 1) // 2)  # ceil((left + right) / 2), at least 1
-    return w, right - w
-
-
-def shifted_layout(seq_len: int, left: int, right: int) -> tuple[int, int, int, int]:
-    """(w, shift, lead, Lp): how the window (left, right) is laid out over L tokens.
-
-    Row r of the queries holds token r - lead and row r of the keys token r - lead + shift
-    (zeros where there is no such token): ``lead`` = max(shift, 0) zero rows first, so that the
-    keys the first queries need have rows >= 0. Lp, the number of rows, is L + abs(shift) rounded up
-    to a multiple of w (more than 2w when L > 2w).
-    """
-    w, shift = symmetric_window(left, right)
-    return w, shift, max(shift, 0), (seq_len + abs(shift) + w - 1) // w * w
+from swa_tutorial.backends import dense
+from swa_tutorial.core.precision import accumulation_dtype
+from swa_tutorial.core.softmax import masked_softmax
+from swa_tutorial.steps.band import band_mask, band_scores
+from swa_tutorial.steps.chunks import chunk, chunk_scores, merge_heads, split_heads
+from swa_tutorial.steps.shift import shifted_layout
+from swa_tutorial.steps.values import band_times_values
 
 
 def attend(q, k, v, window, key_padding_mask, scale):

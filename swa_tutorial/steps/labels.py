@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .validation import FLOAT_DTYPES, check_int
+from swa_tutorial.core.validation import FLOAT_DTYPES, check_int
 
 
 def labelled_qkv(seq_len: int = 8, dtype: torch.dtype = torch.float64):

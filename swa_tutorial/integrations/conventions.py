@@ -3,7 +3,7 @@
 Every library writes a sliding window its own way, and the most reported bug in this area is an
 off-by-one between two of them. Each function here takes one library's setting, exactly as that
 library spells it, and returns ``(left, right)``: query i attends keys i - left .. i + right, both
-ends inclusive (None for a side without limit), the form ``swa_tutorial.windows.check_window``
+ends inclusive (None for a side without limit), the form ``swa_tutorial.core.windows.check_window``
 takes. A token away from the ends therefore sees left + right + 1 keys.
 
 * FlashAttention ``window_size=(left, right)``: keys i - left .. i + right, so ``(left, right)``,
@@ -26,8 +26,8 @@ last query sits at the last key. :class:`swa_tutorial.RollingKVCache` computes e
 
 from __future__ import annotations
 
-from .validation import check_int
-from .windows import Side, is_int
+from swa_tutorial.core.validation import check_int
+from swa_tutorial.core.windows import Side, is_int
 
 
 def _pair(value, name: str) -> tuple:

@@ -1,4 +1,4 @@
-"""The memory traffic of the code a benchmark file timed: ``python -m swa_tutorial.bench.traffic``.
+"""The memory traffic of the code a benchmark file timed: ``python tools/traffic_history.py``.
 
 A benchmark file times the package as it was at one commit (its provenance's ``git_commit``), and
 the package changes: the chunked path of an earlier commit may move fewer or more bytes than
@@ -7,7 +7,7 @@ the code that was timed, so this tool counts, for every benchmark file given, th
 product FLOPs of each implementation it names (default: the package's own, ``swa`` and
 ``tiles``) at that file's commit: it extracts the package of the commit (``git archive``),
 and in a fresh process with that package on the path counts one forward call of the
-implementation on meta tensors of each timed shape, with :func:`swa_tutorial.traffic.count_traffic`
+implementation on meta tensors of each timed shape, with :func:`swa_tutorial.tutorial.traffic.count_traffic`
 (today's counting code, loaded from its file). The counts, with what was counted, go to one JSON
 file (``-o``).
 """
@@ -22,11 +22,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from .sweep import provenance
+from swa_tutorial.bench.sweep import provenance
 
 SCHEMA = "swa-tutorial-traffic/1"
-ROOT = Path(__file__).resolve().parents[2]
-COUNTER = ROOT / "swa_tutorial" / "traffic.py"
+ROOT = Path(__file__).resolve().parents[1]
+COUNTER = ROOT / "swa_tutorial" / "tutorial" / "traffic.py"
 
 # Run in a fresh process, with the package of one commit first on the path.
 _CHILD = r"""
@@ -76,7 +76,7 @@ def count_at(commit: str, jobs: list[dict]) -> list[dict]:
 
 def run(paths, impls=("swa", "tiles")) -> dict:
     """Counts for every benchmark file in ``paths``, each at its own commit."""
-    doc = {"schema": SCHEMA, "provenance": provenance("cpu", 1, None), "counter": "swa_tutorial.traffic.count_traffic"
+    doc = {"schema": SCHEMA, "provenance": provenance("cpu", 1, None), "counter": "swa_tutorial.tutorial.traffic.count_traffic"
            " (one forward call on meta tensors; each operator's inputs read once, its outputs written once)",
            "results": []}
     for path in paths:
@@ -90,7 +90,7 @@ def run(paths, impls=("swa", "tiles")) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m swa_tutorial.bench.traffic", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python tools/traffic_history.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("files", nargs="+", help="benchmark result files (JSON) whose forward timings to count")
     p.add_argument("--impls", nargs="+", default=["swa", "tiles"], help="implementations to count")

@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import torch
 
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype scores, softmax and sums are kept in: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from swa_tutorial.core.precision import accumulation_dtype
 
 
 class _MaskedSoftmax(torch.autograd.Function):

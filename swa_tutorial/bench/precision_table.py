@@ -1,7 +1,7 @@
 """The half-precision error table: each backend against PyTorch's SDPA on the same inputs.
 
-    python -m swa_tutorial.bench.precision            # the table of issue 8's shapes
-    python -m swa_tutorial.bench.precision -L 512 -w 64 --spreads 1 8 32
+    python -m swa_tutorial.bench.precision_table            # the table of issue 8's shapes
+    python -m swa_tutorial.bench.precision_table -L 512 -w 64 --spreads 1 8 32
 
 For each dtype (float16, bfloat16) and spread s of the scores (q scaled so that the scores
 q . k / sqrt(d) have standard deviation s), with and without key padding: the inputs are drawn in
@@ -17,10 +17,10 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from ..attention import sliding_window_attention
-from ..backends import BACKENDS
-from ..reference import dense_attention
-from ..windows import window_mask
+from swa_tutorial.attention import sliding_window_attention
+from swa_tutorial.backends import BACKENDS
+from swa_tutorial.core.windows import window_mask
+from swa_tutorial.reference import dense_attention
 
 
 def errors(dtype, spread, padding, *, backends=("chunks", "dense"), B=2, L=128, H=2, d=64, window=16, seed=0):
@@ -59,7 +59,7 @@ def table(spreads=(1.0, 4.0, 16.0), **shape) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(
-        prog="python -m swa_tutorial.bench.precision",
+        prog="python -m swa_tutorial.bench.precision_table",
         description="Half-precision max error against float64: every backend beside PyTorch's SDPA.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )

@@ -26,10 +26,17 @@ from __future__ import annotations
 
 import torch
 
-from .attention import _Output, attend, without_autocast
-from .conventions import from_hf_longformer
-from .softmax import accumulation_dtype, masked_softmax
-from .validation import check_key_padding_mask, check_like, check_qkv, check_scale, check_token_mask
+from swa_tutorial.attention import attend
+from swa_tutorial.core.precision import OutputCast, accumulation_dtype, without_autocast
+from swa_tutorial.core.softmax import masked_softmax
+from swa_tutorial.core.validation import (
+    check_key_padding_mask,
+    check_like,
+    check_qkv,
+    check_scale,
+    check_token_mask,
+)
+from swa_tutorial.integrations.conventions import from_hf_longformer
 
 
 def longformer_attention(
@@ -113,7 +120,7 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
             out = out.index_put((batch, position), rows[used])  # the global rows replaced
         if padding is not None:
             out = torch.where(padding[:, :, None, None], 0.0, out)
-    return _Output.apply(out, q.dtype)
+    return OutputCast.apply(out, q.dtype)
 
 
 def _global_slots(is_global):
@@ -176,7 +183,7 @@ class PatchedLongformerSelfAttention(torch.nn.Module):
     It holds the original module's six Linear layers (``query``, ``key``, ``value``,
     ``query_global``, ``key_global``, ``value_global``: the same parameters, under the same names,
     so the state dict is unchanged) and its window (``config.attention_window[layer_id]`` = 2w,
-    the window (w, w): :func:`swa_tutorial.conventions.from_hf_longformer`). Its forward
+    the window (w, w): :func:`swa_tutorial.integrations.conventions.from_hf_longformer`). Its forward
     takes the arguments Hugging Face's layer passes and returns the same first output.
     """
 
@@ -245,7 +252,9 @@ def patch_hf_longformer(model):
     ``attention_probs_dropout_prob`` is 0), and so is ``output_attentions=True``.
     Needs ``transformers`` (imported here, not by the package).
     """
-    from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+    from transformers.models.longformer.modeling_longformer import (
+        LongformerSelfAttention,
+    )
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module (a Hugging Face Longformer), got {type(model).__name__}")

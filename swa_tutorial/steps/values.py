@@ -12,9 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .chunks import chunk
-from .skew import unskew
-from .validation import check_band_width, check_chunk_window, check_shape
+from swa_tutorial.core.validation import (
+    check_band_width,
+    check_chunk_window,
+    check_shape,
+)
+from swa_tutorial.steps.chunks import chunk
+from swa_tutorial.steps.skewing import unskew
 
 
 def value_chunks(v: torch.Tensor, window: int) -> torch.Tensor:

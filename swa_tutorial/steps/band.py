@@ -11,9 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .skew import skew
-from .softmax import masked_softmax
-from .validation import check_band_width, check_chunk_window, check_int, check_shape
+from swa_tutorial.core.softmax import masked_softmax
+from swa_tutorial.core.validation import (
+    check_band_width,
+    check_chunk_window,
+    check_int,
+    check_shape,
+)
+from swa_tutorial.steps.skewing import skew
 
 
 def band_scores(chunk_scores: torch.Tensor) -> torch.Tensor:
@@ -59,7 +64,7 @@ def band_mask(
     seq_len) is the number of rows L' when the sequence was padded at the end: the rows past
     seq_len are queries that will be dropped, and no row may attend to the keys past seq_len.
     ``shift`` (from -w to w) centres row i's band on key i + shift instead of i: an asymmetric
-    window is a symmetric one about a shifted diagonal (see :mod:`swa_tutorial.backends.chunks`).
+    window is a symmetric one about a shifted diagonal (see :mod:`swa_tutorial.backends.chunked`).
     """
     seq_len = check_int(seq_len, "seq_len")
     w = check_chunk_window(window)
@@ -92,7 +97,7 @@ def band_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     scores: [..., L, 2w + 1]; mask: bool, broadcastable to scores. Half types are computed in
     float32 (float64 stays float64) and the result has that dtype. Masked cells get probability
     exactly 0, and a row with no valid cell gets all zeros (never NaN); see
-    :func:`swa_tutorial.softmax.masked_softmax`, which also returns each row's log-sum-exp.
+    :func:`swa_tutorial.core.softmax.masked_softmax`, which also returns each row's log-sum-exp.
     """
     check_shape(scores, "scores", "[..., L, 2w + 1]", exact_rank=False)
     check_shape(mask, "mask", "[..., L, 2w + 1]", dtype=torch.bool, exact_rank=False)

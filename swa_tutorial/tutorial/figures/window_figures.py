@@ -2,7 +2,7 @@
 compute it, and a dilated window's residue classes and fold.
 
 Each ``draw_*`` function draws onto the matplotlib Axes (or Figure) it is given and returns it,
-as :mod:`swa_tutorial.plotting` does; the chapters compute and assert what is drawn in cells of
+as :mod:`swa_tutorial.tutorial.figures.plotting` does; the chapters compute and assert what is drawn in cells of
 their own. Tokens are numbered from 1 in every picture, as in the labelled example.
 """
 
@@ -11,9 +11,16 @@ from __future__ import annotations
 import matplotlib.patches as mpatches
 import numpy as np
 
-from .backends.chunks import shifted_layout
-from .plotting import CHUNK_COLORS, INVALID_COLOR, as_array, draw_matrix, score_labels, token_names
-from .windows import check_window, clip_window, window_mask
+from swa_tutorial.core.windows import check_window, clip_window, window_mask
+from swa_tutorial.steps.shift import shifted_layout
+from swa_tutorial.tutorial.figures.plotting import (
+    CHUNK_COLORS,
+    INVALID_COLOR,
+    as_array,
+    draw_matrix,
+    score_labels,
+    token_names,
+)
 
 CLASS_COLORS = ("#9ecae1", "#fdae6b", "#a1d99b", "#dadaeb", "#fcbba1", "#c7e9c0")
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .validation import check_int, check_shape
-
+from swa_tutorial.core.validation import check_int, check_shape
 
 LIMIT = 2**31 - 1  # |first| and count beyond this only ever ask for reads far outside m
 

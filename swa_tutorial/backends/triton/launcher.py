@@ -24,52 +24,12 @@ Triton's interpreter (the environment variable TRITON_INTERPRET=1 set before the
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
-from ..softmax import accumulation_dtype
+from swa_tutorial.core.precision import accumulation_dtype
+from swa_tutorial.core.tiling import span_table
 
 NAME = "triton"
-
-
-def key_tile_span(row_tile: int, seq_len: int, left: int, right: int, block_rows: int, block_cols: int):
-    """The column tiles one row tile visits: ``(start, full_start, full_end, end)``.
-
-    Row i may see column j iff i - left <= j <= i + right and 0 <= j < seq_len. The rows of tile
-    ``row_tile`` are ``row_tile * block_rows`` up to ``block_rows`` more, those below ``seq_len``
-    being real. Column tile c holds columns ``c * block_cols .. (c + 1) * block_cols - 1``.
-
-    * tiles ``start .. end - 1`` are visited, and each holds at least one pair (real row,
-      column) that may see each other: the rest are skipped;
-    * tiles ``full_start .. full_end - 1`` are full: every real row sees every one of their columns
-      (all below seq_len), so no mask is needed; the others visited are partial.
-
-    ``start <= full_start <= full_end <= end``. In the forward and the dQ pass rows are queries and
-    columns keys. In the dK/dV pass rows are keys and columns queries: key j is seen by queries
-    j - right .. j + left, so that pass calls this with ``left`` and ``right`` swapped.
-    """
-    first_row = row_tile * block_rows
-    last_row = min(first_row + block_rows, seq_len) - 1
-    start = max(0, first_row - left) // block_cols
-    end = min(seq_len - 1, last_row + right) // block_cols + 1
-    # full: c * block_cols >= last_row - left and (c + 1) * block_cols - 1 <= min(first_row + right, seq_len - 1)
-    first_full = -((left - last_row) // block_cols)  # ceil((last_row - left) / block_cols)
-    end_full = min(first_row + right + 1, seq_len) // block_cols
-    full_start = min(max(first_full, start), end)
-    full_end = max(min(end_full, end), full_start)
-    return start, full_start, full_end, end
-
-
-@functools.lru_cache(maxsize=64)
-def span_table(seq_len: int, left: int, right: int, block_rows: int, block_cols: int, device: torch.device):
-    """:func:`key_tile_span` of every row tile: int32 [ceil(seq_len / block_rows), 4] on ``device``.
-
-    The kernels read their loop bounds from it. Cached: it depends only on its arguments.
-    """
-    rows = -(-seq_len // block_rows)
-    spans = [key_tile_span(r, seq_len, left, right, block_rows, block_cols) for r in range(rows)]
-    return torch.tensor(spans, dtype=torch.int32, device=device)
 
 
 def launch_config(dtype: torch.dtype, head_dim: int, value_dim: int, interpreted: bool):
@@ -92,7 +52,7 @@ def launch_config(dtype: torch.dtype, head_dim: int, value_dim: int, interpreted
 def _kernels():
     """The module of @triton.jit kernels, imported (and triton with it) on first use."""
     try:
-        from . import _triton_jit
+        from swa_tutorial.backends.triton import kernels as _triton_jit
     except ImportError as error:
         raise RuntimeError(
             f"backend {NAME!r} needs the triton package (pip install triton), which failed to import: {error}"

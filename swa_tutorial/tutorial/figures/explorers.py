@@ -25,14 +25,26 @@ import torch
 import torch.nn.functional as F
 from matplotlib.animation import FuncAnimation
 
-from .backends.chunks import padded_length
-from .band import band_mask, band_scores, band_softmax, band_to_dense
-from .chunks import chunk, chunk_scores, merge_heads, num_chunks
-from .labels import labelled_qkv
-from .plotting import (CHUNK_COLORS, INVALID_COLOR, draw_matrix, draw_memory, outline_chunks, score_labels,
-                       token_names)
-from .reference import dense_band_mask
-from .values import value_chunks
+from swa_tutorial.reference import dense_band_mask
+from swa_tutorial.steps.band import band_mask, band_scores, band_softmax, band_to_dense
+from swa_tutorial.steps.chunks import (
+    chunk,
+    chunk_scores,
+    merge_heads,
+    num_chunks,
+    padded_length,
+)
+from swa_tutorial.steps.labels import labelled_qkv
+from swa_tutorial.steps.values import value_chunks
+from swa_tutorial.tutorial.figures.plotting import (
+    CHUNK_COLORS,
+    INVALID_COLOR,
+    draw_matrix,
+    draw_memory,
+    outline_chunks,
+    score_labels,
+    token_names,
+)
 
 
 def live(draw, figsize=(8, 4), **sliders):

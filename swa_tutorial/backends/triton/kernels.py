@@ -1,4 +1,4 @@
-"""The @triton.jit kernels of :mod:`swa_tutorial.backends.triton_kernel` and their launchers.
+"""The @triton.jit kernels of :mod:`swa_tutorial.backends.triton.launcher` and their launchers.
 
 Imported only when that backend runs: importing this module imports triton. Whether the kernels
 run under Triton's interpreter is fixed here, when they are decorated (TRITON_INTERPRET=1).
@@ -11,7 +11,7 @@ Three kernels, each over a grid (tiles, H, B):
 
 Splitting dQ from dK/dV recomputes the scores once more but needs no atomic adds: each program
 owns the rows it writes, so the gradients are deterministic and float64 needs no atomics.
-Every loop bound comes from a span table (:func:`~swa_tutorial.backends.triton_kernel.span_table`):
+Every loop bound comes from a span table (:func:`~swa_tutorial.backends.triton.launcher.span_table`):
 partial tiles first, then the full ones without a window mask, then partial ones again.
 """
 

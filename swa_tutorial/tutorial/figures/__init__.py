@@ -1,0 +1,3 @@
+"""The book's pictures: labelled matrices and bands (:mod:`.plotting`), the step-by-step explorers
+with sliders (:mod:`.explorers`), windows of every shape (:mod:`.window_figures`) and tiles
+(:mod:`.tile_figures`). They need matplotlib and NumPy (the ``plot`` extra)."""

@@ -14,7 +14,7 @@ from swa_tutorial.bench import __main__ as cli
 from swa_tutorial.bench import device_check
 from swa_tutorial.bench.implementations import Implementation
 from swa_tutorial.bench.measure import compare, resolve_device
-from swa_tutorial.bench.sweep import SCHEMA, cpu_info, run_config, run_isolated
+from swa_tutorial.bench.sweeps import SCHEMA, cpu_info, run_config, run_isolated
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data"
 

@@ -10,6 +10,6 @@ to one JSON file per run (the book's benchmark chapter plots the committed ones)
 from swa_tutorial.bench.check import check, query_slices
 from swa_tutorial.bench.implementations import IMPLEMENTATIONS
 from swa_tutorial.bench.measure import band_pairs, compare, useful_flops
-from swa_tutorial.bench.sweep import sweep, table, write
+from swa_tutorial.bench.sweeps import sweep, table, write
 
 __all__ = ["IMPLEMENTATIONS", "band_pairs", "check", "compare", "query_slices", "sweep", "table", "useful_flops", "write"]

@@ -72,7 +72,7 @@ class _MaskedSoftmax(torch.autograd.Function):
 def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax of ``scores`` over its last dim, over the cells where ``allowed`` is True only.
 
-    scores: [..., n] (any float dtype; computed in :func:`accumulation_dtype`); allowed: bool,
+    scores: [..., n] (any float dtype; computed in :func:`~swa_tutorial.core.precision.accumulation_dtype`); allowed: bool,
     broadcastable to scores. Returns probs [..., n] and lse [...], both in the accumulation dtype:
     ``probs = exp(scores - lse)`` on allowed cells, exactly 0 elsewhere; a row with no allowed
     cell has probs 0 and lse = -inf. Differentiable through both outputs.

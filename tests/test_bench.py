@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from swa_tutorial import dense_attention, dense_band_mask, sliding_window_attention
-from swa_tutorial.bench import (IMPLEMENTATIONS, band_pairs, check, lean_band_mask, query_slices, sweep, table,
+from swa_tutorial.bench import (IMPLEMENTATIONS, band_pairs, check, query_slices, sweep, table,
                                 useful_flops, write)
 from swa_tutorial.bench import __main__ as cli
 from swa_tutorial.bench import device_check
 from swa_tutorial.bench.implementations import Implementation
 from swa_tutorial.bench.measure import compare, resolve_device
-from swa_tutorial.bench.sweep import SCHEMA, cpu_info, run_config, run_isolated
+from swa_tutorial.bench.sweeps import SCHEMA, cpu_info, run_config, run_isolated
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data"
 
@@ -34,8 +34,8 @@ def test_useful_flops_is_4_B_H_N_d_and_three_times_that_with_backward():
 
 
 @pytest.mark.parametrize("L,w", [(1, 1), (5, 2), (40, 3), (9, 20)])
-def test_lean_band_mask_equals_the_reference_mask(L, w):
-    assert torch.equal(lean_band_mask(L, w), dense_band_mask(L, w))
+def test_dense_sdpa_prepares_the_reference_mask(L, w):
+    assert torch.equal(IMPLEMENTATIONS["dense_sdpa"].prepare(L, w, None), dense_band_mask(L, w))
 
 
 @pytest.mark.parametrize("L,w", [(1, 4), (10, 4), (100, 8), (1000, 256)])

@@ -19,20 +19,16 @@ This module only describes windows; ``swa_tutorial.reference`` attends through t
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
+
+from swa_tutorial.core.validation import check_int, is_int
 
 Side = Optional[int]
 WindowSpec = Union[int, Tuple[Side, Side]]
 
 _WINDOW_FORMS = "an int w >= 1 or a pair (left, right) of ints >= 0 (None for no limit)"
-
-
-def is_int(x) -> bool:
-    """True for a Python or NumPy integer, False for a bool or anything else."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def check_window(window) -> tuple[Side, Side]:
@@ -103,10 +99,34 @@ def clip_dilation(dilation: int, seq_len: int) -> int:
     return dilation if dilation <= seq_len else max(seq_len, 1)
 
 
-def window_size(window: tuple[Side, Side]) -> int | None:
-    """How many keys a query sees away from the ends: left + right + 1 (None if unbounded)."""
+def keys_per_query(window: tuple[Side, Side]) -> int | None:
+    """How many keys a query sees away from the ends: left + right + 1 (None if unbounded).
+
+    (Not FlashAttention's ``window_size``, which is the pair ``(left, right)`` itself.)
+    """
     left, right = window
     return None if left is None or right is None else left + right + 1
+
+
+def key_offsets(seq_len, device=None) -> torch.Tensor:
+    """The key-minus-query offset of every cell: int64 [L, L], ``offsets[i, j] = j - i``.
+
+    Every dense mask over queries i and keys j starts from this table.
+    """
+    pos = torch.arange(seq_len, device=device)
+    return pos[None, :] - pos[:, None]
+
+
+def in_window(offset: torch.Tensor, window: tuple[int, int], dilation: int = 1) -> torch.Tensor:
+    """Whether a key at ``offset`` = j - i from its query lies in the window: bool, offset's shape.
+
+    True when j - i is a multiple of the dilation d and -left * d <= j - i <= right * d, for a
+    checked ``(left, right)`` of ints (no None: clip it first with :func:`clip_window`).
+    """
+    left, right = window
+    if dilation == 1:
+        return (offset >= -left) & (offset <= right)
+    return (offset % dilation == 0) & (offset >= -left * dilation) & (offset <= right * dilation)
 
 
 def window_mask(seq_len: int, window, device=None, *, dilation: int = 1) -> torch.Tensor:
@@ -117,8 +137,7 @@ def window_mask(seq_len: int, window, device=None, *, dilation: int = 1) -> torc
     ``torch.nn.functional.scaled_dot_product_attention``: True = attend). ``window`` takes every
     form of the module docstring; ``dilation`` is one int.
     """
-    if not is_int(seq_len) or seq_len < 0:
-        raise ValueError(f"seq_len must be an int >= 0, got {seq_len!r}")
+    seq_len = check_int(seq_len, "seq_len")
     (d,) = check_dilation(dilation, 1)
     d = clip_dilation(d, seq_len)  # no overflow for huge dilations
     return offsets_mask(seq_len, clip_window(check_window(window), seq_len), d, device)  # nor huge windows
@@ -129,9 +148,17 @@ def offsets_mask(seq_len, window: tuple[int, int], dilation: int = 1, device=Non
 
     For the backends, whose lengths and sides may be symbolic sizes under torch.export.
     """
-    left, right = window
-    pos = torch.arange(seq_len, device=device)
-    offset = pos[None, :] - pos[:, None]  # L x L: j - i
-    if dilation == 1:
-        return (offset >= -left) & (offset <= right)
-    return (offset % dilation == 0) & (offset >= -left * dilation) & (offset <= right * dilation)
+    return in_window(key_offsets(seq_len, device), window, dilation)
+
+
+def lean_window_mask(seq_len: int, window, device=None) -> torch.Tensor:
+    """:func:`window_mask` without dilation, built in its one bool L x L allocation: bool [L, L].
+
+    Two triangles cut off a matrix of ones (``tril_``, ``triu_``), with no int64 table of
+    :func:`key_offsets` (8 L^2 bytes) and no comparison results beside it: for a caller that
+    counts the mask's memory, as the benchmark does for dense attention. ``window`` takes every
+    form of the module docstring.
+    """
+    seq_len = check_int(seq_len, "seq_len")
+    left, right = clip_window(check_window(window), seq_len)
+    return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril_(right).triu_(-left)

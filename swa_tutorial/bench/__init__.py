@@ -8,7 +8,7 @@ and software they came from, go to one JSON file per run (the book's benchmark c
 the committed ones).
 """
 
-from swa_tutorial.bench.check import check, query_slices
+from swa_tutorial.bench.correctness import check, query_slices
 from swa_tutorial.bench.implementations import IMPLEMENTATIONS
 from swa_tutorial.bench.measure import band_pairs, compare, useful_flops
 from swa_tutorial.bench.sweeps import sweep, table, write

@@ -28,6 +28,7 @@ import torch
 
 from .attention import _Output, attend, without_autocast
 from .conventions import from_hf_longformer
+from .optional import require
 from .softmax import accumulation_dtype, masked_softmax
 from .validation import check_key_padding_mask, check_like, check_qkv, check_scale, check_token_mask
 
@@ -245,6 +246,7 @@ def patch_hf_longformer(model):
     ``attention_probs_dropout_prob`` is 0), and so is ``output_attentions=True``.
     Needs ``transformers`` (imported here, not by the package).
     """
+    require("transformers", by=f"{__name__}.patch_hf_longformer")
     from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
 
     if not isinstance(model, torch.nn.Module):

@@ -8,6 +8,10 @@ their own. Tokens are numbered from 1 in every picture, as in the labelled examp
 
 from __future__ import annotations
 
+from .optional import require
+
+require("matplotlib", "numpy", by=__name__, extra="plot")
+
 import matplotlib.patches as mpatches
 import numpy as np
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from ..optional import require
 from .measure import PeakMemory, summarize
 from .sweep import provenance, write
 
@@ -45,6 +46,7 @@ MODELS = ("original", "patched")
 
 def build(model: str, spec: dict):
     """The Longformer of ``spec`` (random weights from seed 0), patched or not, in eval mode."""
+    require("transformers", by=f"{__name__}.build")
     from transformers import LongformerConfig, LongformerModel
     from transformers.utils import logging
 

@@ -176,3 +176,21 @@ def test_installed_packages_pass():
 def test_every_extra_named_in_the_package_exists():
     named = set(re.findall(r'extra="(\w+)"', "".join(p.read_text() for p in (ROOT / "swa_tutorial").rglob("*.py"))))
     assert named and named <= set(PROJECT["optional-dependencies"]), named
+
+
+# -- where triton is installed ------------------------------------------------------------------------
+
+PLATFORMS = {  # environment markers of each platform
+    "linux-x86_64": dict(sys_platform="linux", platform_system="Linux", platform_machine="x86_64"),
+    "linux-aarch64": dict(sys_platform="linux", platform_system="Linux", platform_machine="aarch64"),
+    "macos-arm64": dict(sys_platform="darwin", platform_system="Darwin", platform_machine="arm64"),
+    "windows-amd64": dict(sys_platform="win32", platform_system="Windows", platform_machine="AMD64"),
+}
+
+
+@pytest.mark.parametrize("platform, installed", [("linux-x86_64", True), ("linux-aarch64", True),
+                                                 ("macos-arm64", False), ("windows-amd64", False)])
+def test_triton_is_pinned_exactly_where_it_has_wheels(platform, installed):
+    """Triton 3.7.1's wheels are for Linux x86-64 and aarch64 (tools/check_platforms.py resolves
+    each platform); conftest.py skips the kernels' tests and chapter where the marker is false."""
+    assert pinned("triton").marker.evaluate(PLATFORMS[platform]) is installed

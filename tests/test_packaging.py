@@ -10,6 +10,7 @@ with jsonschema: no network.
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import re
 import sys
 import tomllib
@@ -94,6 +95,21 @@ def test_every_module_is_written_in_the_grammar_of_the_lowest_python_it_declares
     major, minor = map(int, lowest.split(".")[:2])
     for path in sorted((ROOT / "swa_tutorial").rglob("*.py")):
         ast.parse(path.read_text(), filename=str(path), feature_version=(major, minor))
+
+
+def test_the_readme_states_the_python_that_the_pinned_environment_needs():
+    """The highest lower bound of Requires-Python among the pinned packages installed here."""
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    names = [Requirement(line).name for line in lines if line.strip() and not line.startswith(("#", "-e"))]
+    bounds = []
+    for name in names:
+        try:
+            requires = importlib.metadata.metadata(name)["Requires-Python"] or ""
+        except importlib.metadata.PackageNotFoundError:  # not on this platform (triton by its marker)
+            continue
+        bounds += [Version(s.version) for s in SpecifierSet(requires) if s.operator == ">="]
+    needed = max(bounds)
+    assert f"Python {needed.major}.{needed.minor} or later" in (ROOT / "README.md").read_text(), needed
 
 
 # -- the citation ------------------------------------------------------------------------------------

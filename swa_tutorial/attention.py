@@ -29,7 +29,12 @@ from swa_tutorial.core.validation import (
     check_sinks,
     check_softcap,
 )
-from swa_tutorial.core.windows import check_dilation, check_window, clip_dilation, clip_window
+from swa_tutorial.core.windows import (
+    check_dilation,
+    check_window,
+    clip_dilation,
+    clip_window,
+)
 
 
 def sliding_window_attention(

@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from swa_tutorial.attention import sliding_window_attention
-from swa_tutorial.bench.check import TOLERANCE
+from swa_tutorial.bench.correctness import TOLERANCE
 from swa_tutorial.bench.measure import PeakMemory, compare, summarize, time_call
-from swa_tutorial.bench.sweep import provenance, write
+from swa_tutorial.bench.sweeps import provenance, write
 from swa_tutorial.core.heads import repeat_kv
 from swa_tutorial.core.windows import window_mask
 from swa_tutorial.reference import dense_attention

@@ -124,7 +124,8 @@ class _Call:
     dropout: float
 
     def run(self, q, k, v, window, key_padding_mask):
-        """The backend on a square problem (dropout passed only when > 0, as the contract says)."""
+        """The backend on a square problem; dropout goes as an eighth argument only when > 0 (only
+        the dense and chunks backends take one)."""
         settings = (self.scale, self.softcap) + ((self.dropout,) if self.dropout else ())
         return self.backend(q, k, v, window, key_padding_mask, *settings)
 

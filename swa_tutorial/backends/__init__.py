@@ -36,12 +36,14 @@ The backends, each tested against the float64 dense reference:
   span, the band never stored, on any device;
 * ``"triton"``: a fused Triton kernel, forward and backward, that never stores the band
   (:mod:`.triton`): CUDA tensors, or CPU tensors under Triton's interpreter
-  (TRITON_INTERPRET=1). Triton is imported only when it runs. Its kernel takes neither grouped
-  heads nor a softcap yet: :func:`ungrouped` repeats k and v for it and refuses a softcap.
+  (TRITON_INTERPRET=1). Triton is imported only when it runs. A kernel of the earlier
+  signature, without grouped heads or a softcap, gets them through :func:`ungrouped` (k and v
+  repeated, a softcap refused).
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import torch
@@ -66,11 +68,17 @@ def ungrouped(attend, name: str):
     return grouped
 
 
+def under_contract(attend, name: str):
+    """``attend`` itself when it takes a softcap (the contract's signature, with grouped heads),
+    else :func:`ungrouped` around it."""
+    return attend if "softcap" in inspect.signature(attend).parameters else ungrouped(attend, name)
+
+
 BACKENDS = {
     "chunks": chunked.attend,
     "dense": dense.attend,
     "tiles": tiles.attend,
-    "triton": ungrouped(triton.attend, "triton"),
+    "triton": under_contract(triton.attend, "triton"),
 }
 CHOICES = ("auto", *BACKENDS)
 # The backends that take dropout; a call with dropout for another runs the first of them.

@@ -123,19 +123,25 @@ def _allowed(queries, keys, band, MASKED: tl.constexpr, HAS_PADDING: tl.constexp
 
 
 @triton.jit
-def _scores(q, k, queries, keys, band, logits,
+def _scores(q, k, queries, keys, band, logits, input_dtype: tl.constexpr,
             MASKED: tl.constexpr, HAS_PADDING: tl.constexpr, SOFTCAP: tl.constexpr):
     """The scores [BLOCK_M, BLOCK_N] in the accumulation dtype and, with SOFTCAP, the cap's slope.
 
     s = scale q k^T; with SOFTCAP s -> softcap tanh(s / softcap), whose derivative 1 - tanh^2 is
     the slope (taken before masking, so that it is finite where P is 0); then -inf where a query
-    may not look. Without SOFTCAP the slope is 1 and unused.
+    may not look. Without SOFTCAP the slope is 1 and unused. For float32 inputs tanh runs in
+    float64, so that the capped scores are float32's to within rounding (_tanh's few units of
+    roundoff, times softcap, would be several times that); for half inputs the rounding of P to
+    their dtype dwarfs it.
     """
     scale, softcap = logits
     s = tl.dot(q, tl.trans(k), input_precision="ieee", out_dtype=scale.dtype) * scale
     slope = 1.0
     if SOFTCAP:
-        t = _tanh(s / softcap)
+        if input_dtype == tl.float32:
+            t = _tanh(s.to(tl.float64) / softcap).to(s.dtype)
+        else:
+            t = _tanh(s / softcap)
         s = softcap * t
         slope = 1.0 - t * t
     if MASKED or HAS_PADDING:
@@ -162,7 +168,7 @@ def _key_tile(q, queries, tile, kv, band, logits, MASKED: tl.constexpr, HAS_PADD
     keys = tile * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     k = _load_rows(kv[0], keys, band[2], BLOCK_D)
     v = _load_rows(kv[1], keys, band[2], BLOCK_DV)
-    s, slope = _scores(q, k, queries, keys, band, logits, MASKED, HAS_PADDING, SOFTCAP)
+    s, slope = _scores(q, k, queries, keys, band, logits, kv[0][0].dtype.element_ty, MASKED, HAS_PADDING, SOFTCAP)
     return k, v, s, slope
 
 
@@ -305,7 +311,7 @@ def _dkdv_tiles(grads, k, v, keys, tiles, q, do, stats, band, logits,
     for tile in range(tiles[0], tiles[1]):
         queries = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
         q_tile, do_tile, lse, row_term = _query_rows(q, do, stats, queries, seq_len, BLOCK_D, BLOCK_DV)
-        s, slope = _scores(q_tile, k, queries, keys, band, logits, MASKED, HAS_PADDING, SOFTCAP)
+        s, slope = _scores(q_tile, k, queries, keys, band, logits, q[0].dtype.element_ty, MASKED, HAS_PADDING, SOFTCAP)
         p = tl.exp(s - lse[:, None])  # BLOCK_M x BLOCK_N
         dtype = q[0].dtype.element_ty
         dv += tl.dot(tl.trans(_rounded(p, dtype)), do_tile, input_precision="ieee", out_dtype=dv.dtype)

@@ -62,6 +62,19 @@ def useful_flops(batch: int, heads: int, seq_len: int, window, head_dim: int, ba
     return 4 * batch * heads * window_pairs(seq_len, *window) * head_dim * (3 if backward else 1)
 
 
+_compiled_flex = []  # one torch.compile wrapper per process, so that its compilations are reused
+
+
+def _flex(compiled):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if not compiled:
+        return flex_attention
+    if not _compiled_flex:
+        _compiled_flex.append(torch.compile(flex_attention))
+    return _compiled_flex[0]
+
+
 def _heads_first(*xs):  # [B, L, H, d] -> [B, H, L, d], views
     return [x.transpose(1, 2) for x in xs]
 
@@ -70,7 +83,7 @@ class Implementations:
     """The four implementations for one shape and length, their masks built here (untimed)."""
 
     def __init__(self, seq_len, heads, kv_heads, window, device, compiled):
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import create_block_mask
 
         left, right = window
         self.window, self.gqa = window, heads != kv_heads
@@ -80,7 +93,7 @@ class Implementations:
             return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
 
         self.block_mask = create_block_mask(in_window, None, None, seq_len, seq_len, device=device, _compile=compiled)
-        self.flex = torch.compile(flex_attention) if compiled else flex_attention
+        self.flex = _flex(compiled)
         self.band = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril_(right).triu_(-left)
 
     def triton(self, q, k, v):

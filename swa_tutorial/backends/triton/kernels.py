@@ -352,10 +352,14 @@ def dkdv_kernel(q_ptr, k_ptr, v_ptr, pad_ptr, logits_ptr, spans_ptr, do_ptr, lse
 
 
 def _padding(q, mask):
-    """The key padding mask as bytes (1 = padding) and its strides; q stands in when there is none."""
+    """The key padding mask as int32 (1 = padding) and its strides; q stands in when there is none.
+
+    Not as bytes: Triton 3.6 fails to compile the float64 kernels (an assertion in its MMAv2
+    lowering, seen on an H200) when the mask's tiles are int8.
+    """
     if mask is None:
         return q, (0, 0)
-    mask = mask.view(torch.uint8)
+    mask = mask.to(torch.int32)
     return mask, mask.stride()
 
 

@@ -16,7 +16,9 @@ inputs, on the same device:
   log-sum-exp over n scores, since single ulps make 1.5 times one rounding a noisy yardstick);
   each gradient within 1.5 times SDPA's
   error plus u times :func:`product_rounding_bounds` (u the dtype's unit roundoff), the first-order
-  effect of rounding P and dS to the input dtype before their products, as FlashAttention does.
+  effect of rounding P and dS to the input dtype before their products, as FlashAttention does,
+  plus u32 times one rounding of the float32 dot products dP and D carried into dS (the second
+  part of :func:`product_rounding_bounds`; where the exact dS is 0 SDPA's error may be 0 too).
   SDPA cannot cap scores: with a softcap the yardstick is float32 dense attention, its out and
   gradients rounded to the dtype, plus the most that SDPA's own rounding of P and dS could have
   added to its error (u times the bounds, out's u |P| |V|): the allowances above with SDPA's
@@ -173,6 +175,13 @@ def product_rounding_bounds(q, k, v, g_out, window, mask, scale, softcap=0.0):
     |dK error| <= u scale |dS|^T |Q|, |dV error| <= u |P|^T |dO|, with P the probabilities and
     dS = P (dP - rowsum(dO O)) (times the cap's slope 1 - tanh^2) the score gradient (no lse
     gradient). dK and dV sum over the query heads that read a key/value head.
+
+    Then, in units of float32's u32, what the float32 dot products dP_ij = dO_i . v_j and
+    D_i = dO_i . O_i add to dQ and dK, whose errors need not cancel where the exact dS does (a
+    query with one key has dS = 0, and SDPA's error there may be 0): one rounding of each dot
+    product's sum of magnitudes, |dS error| ~ P (|dO| |V|^T + |dO| . |O|), carried into dQ and dK
+    as |dS| is (the worst case, d_v times that, would swamp every other term); the shapes of q,
+    k, v (0 for v).
     """
     scores, sees = _capped_scores(q, k, window, mask, scale, softcap)
     k_heads, v_heads = repeated_heads(q, k, v)
@@ -180,18 +189,22 @@ def product_rounding_bounds(q, k, v, g_out, window, mask, scale, softcap=0.0):
     out = torch.einsum("bhij,bjhd->bihd", p, v_heads)
     dp = torch.einsum("bihd,bjhd->bhij", g_out, v_heads)
     ds = p * (dp - (g_out * out).sum(dim=-1).transpose(1, 2)[..., None])
+    dot_terms = torch.einsum("bihd,bjhd->bhij", g_out.abs(), v_heads.abs()) + (g_out * out).abs().sum(dim=-1).transpose(1, 2)[..., None]
+    ds_dots = p * dot_terms
     if softcap:
-        ds = ds * (1 - (scores.nan_to_num(neginf=0.0) / softcap) ** 2)
+        slope = 1 - (scores.nan_to_num(neginf=0.0) / softcap) ** 2
+        ds, ds_dots = ds * slope, ds_dots * slope
 
     def per_kv_head(x):  # [B, L, H, n] -> [B, L, H_kv, n], the sum over each group of query heads
         return x.unflatten(2, (k.shape[2], -1)).sum(dim=3)
 
-    return (
-        torch.einsum("bhij,bjhd->bihd", p, v_heads.abs()),
-        scale * torch.einsum("bhij,bjhd->bihd", ds.abs(), k_heads.abs()),
-        per_kv_head(scale * torch.einsum("bhij,bihd->bjhd", ds.abs(), q.abs())),
-        per_kv_head(torch.einsum("bhij,bihd->bjhd", p, g_out.abs())),
-    )
+    def dq_dk(ds):  # |dS| carried into dQ and dK
+        return (scale * torch.einsum("bhij,bjhd->bihd", ds.abs(), k_heads.abs()),
+                per_kv_head(scale * torch.einsum("bhij,bihd->bjhd", ds.abs(), q.abs())))
+
+    rounding = (torch.einsum("bhij,bjhd->bihd", p, v_heads.abs()), *dq_dk(ds),
+                per_kv_head(torch.einsum("bhij,bihd->bjhd", p, g_out.abs())))
+    return rounding, (*dq_dk(ds_dots), torch.zeros_like(v))
 
 
 def _run(attention, leaves, views, g_out, g_lse):
@@ -267,9 +280,10 @@ def check(case: Case, device) -> dict:
         lse32 = dense_reference(*(x.float() for x in views(*leaves)), window, mask, scale, case.softcap)[1]
         # the bounds for the attention's inputs, the gradients' carried back through the views to the leaves
         xs = [x.clone().requires_grad_() for x in exact]
-        out_bound, *bounds = product_rounding_bounds(*views(*xs), g_out, window, mask, scale, case.softcap)
-        bounds = torch.autograd.grad(views(*xs), xs, bounds)
-        u = UNIT_ROUNDOFF[dtype]
+        (out_bound, *bounds), dots = product_rounding_bounds(*views(*xs), g_out, window, mask, scale, case.softcap)
+        bounds = torch.autograd.grad(views(*xs), xs, bounds, retain_graph=True)
+        dots = torch.autograd.grad(views(*xs), xs, dots)
+        u, u32 = UNIT_ROUNDOFF[dtype], UNIT_ROUNDOFF[torch.float32]
         most_keys = allowed_keys(L, window, [1], mask, device).sum(dim=-1).max().item()
         # SDPA's error holds its own rounding of P and dS; float32 attention's gets it added
         own = [u * _largest(b) if case.softcap else 0.0 for b in (out_bound, *bounds)]
@@ -277,11 +291,11 @@ def check(case: Case, device) -> dict:
             "out": 1.5 * (_max_error(yard_out, ref_out, sees) + own[0]),
             "lse": max(
                 1.5 * _max_error(lse32.nan_to_num(neginf=0.0), ref_lse.nan_to_num(neginf=0.0), sees),
-                UNIT_ROUNDOFF[torch.float32] * (_largest(ref_lse[torch.isfinite(ref_lse)]) + most_keys + 2),
+                u32 * (_largest(ref_lse[torch.isfinite(ref_lse)]) + most_keys + 2),
             ),
         }
-        for name, yard_grad, ref, bound, extra in zip(("dq", "dk", "dv"), yard_grads, ref_grads, bounds, own[1:]):
-            allowed[name] = 1.5 * (_max_error(yard_grad, ref) + extra) + u * _largest(bound)
+        for name, yard_grad, ref, bound, extra, dot in zip(("dq", "dk", "dv"), yard_grads, ref_grads, bounds, own[1:], dots):
+            allowed[name] = 1.5 * (_max_error(yard_grad, ref) + extra) + u * _largest(bound) + u32 * _largest(dot)
     result.update(errors=errors, allowed=allowed)
     result["worst_ratio"] = max(_ratio(errors[n], allowed[n]) for n in errors)
     result["ok"] = result["finite"] and result["lse_minus_inf_where_no_key"] and result["worst_ratio"] <= 1

@@ -55,10 +55,10 @@ def assert_ok(case: Case) -> None:
         Case(2, 33, 1, 2, 2, (32, 32), "padded_batch_row", scale=2.0),  # every key in every window
         Case(2, 40, 2, 8, 6, (5, 9), "random", layout="strided"),  # transposed q, expanded k, strided v
         # grouped heads (H_kv = 1: multi-query) and softcap, scores large enough for the cap to bend them
-        Case(2, 40, 4, 8, 8, (5, 9), "random", kv_heads=1, softcap=5.0, score_std=16.0),
-        Case(1, 50, 4, 16, 8, (7, 0), "tail", kv_heads=2, softcap=5.0, score_std=16.0),  # causal
+        Case(1, 40, 4, 8, 8, (5, 9), "random", kv_heads=1, softcap=5.0, score_std=16.0),
+        Case(1, 37, 4, 16, 8, (7, 0), "tail", kv_heads=2, softcap=5.0, score_std=16.0),  # causal
         Case(1, 37, 2, 8, 8, (6, 6), "blind_queries", kv_heads=2, softcap=5.0, score_std=16.0),  # symmetric
-        Case(2, 33, 4, 8, 6, (3, 30), "padded_batch_row", layout="strided", kv_heads=2),
+        Case(2, 33, 2, 8, 6, (3, 30), "padded_batch_row", layout="strided", kv_heads=1),
     ],
     ids=repr,
 )
@@ -178,8 +178,10 @@ def test_a_query_tile_visits_no_more_key_tiles_than_its_span_covers(L, left, rig
 @pytest.mark.parametrize("window, padding, heads, softcap", [((2, 1), "none", 1, 0.0), ((0, 3), "tail", 2, 1.5)])
 def test_gradcheck(window, padding, heads, softcap):
     """Finite differences of out and lse (lse without its -inf rows) in q, k and v; with two
-    query heads reading one key/value head and a softcap small enough to bend the scores."""
-    B, L, d = 1, 6, 2 // heads  # as many inputs with two heads as with one
+    query heads reading one key/value head and a softcap small enough to bend the scores (there
+    in gradcheck's fast mode, one random projection of the Jacobian, for the interpreter's sake:
+    the float64 cases above compare every gradient with dense attention's)."""
+    B, L, d = 1, 6, 2
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(B, L, h, d, generator=g, dtype=torch.float64, requires_grad=True) for h in (heads, 1, 1))
     mask = None if padding == "none" else torch.tensor([[False] * 4 + [True] * 2])
@@ -188,7 +190,7 @@ def test_gradcheck(window, padding, heads, softcap):
         out, lse = attend(q, k, v, window, mask, 0.8, softcap)
         return out, torch.where(torch.isinf(lse), 0.0, lse)
 
-    assert torch.autograd.gradcheck(attention, (q, k, v))
+    assert torch.autograd.gradcheck(attention, (q, k, v), fast_mode=heads > 1)
 
 
 @pytest.mark.parametrize("upstream", ["constant", "squared"])
@@ -257,7 +259,6 @@ def test_a_query_scoring_minus_inf_against_all_its_keys_is_nan_as_in_dense_atten
     "score_std, window, padding, layout, kv_heads, softcap",
     [
         (1, (9, 30), "none", "contiguous", 1, 0.0),
-        (2, (20, 0), "random", "contiguous", 2, 0.0),
         (4, (20, 3), "random", "strided", 2, 5.0),
         (16, (60, 60), "tail", "contiguous", 1, 5.0),
     ],

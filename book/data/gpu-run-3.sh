@@ -26,16 +26,17 @@
 #    events, median and IQR, useful TFLOP/s against the measured matmul peak
 #    (kernel-timing-book.json, kernel-timing-mistral.json).
 #
-# How long, an estimate from FLOP counts (not measured): the timed work is small. Useful forward
-# FLOPs are 4 B H N d with N the pairs in the window: the book's shape 2.6e10 at 16K to 1.0e11 at
-# 64K, Mistral's 9.6e11 to 4.3e12, so at 150-300 TFLOP/s a call takes 0.2 ms to 30 ms (three times
-# the FLOPs with the backward). The dense points cost more: SDPA with the band mask does all L^2
-# cells, 7.0e13 FLOPs for Mistral's forward at 64K (about 0.5 s a call at 150 TFLOP/s, about 2.5 s
-# forward + backward), about 20 s for its configurations at 3 calls each. Compilation dominates:
-# FlexAttention's forward and backward for two shapes (tens of seconds each) and the kernel's
-# specializations for the checks (several per dtype and head dim, a few seconds each). In all
-# about 2-4 minutes for step 2, 1-2 for step 3, 3-5 for step 4: 6-11 minutes; the timeouts
-# below stop each step by then (CHECK_S, ENTRY_S, TIMING_S seconds: 240, 150, 330 unless set).
+# How long: estimated from FLOP counts first, then measured once on an H200 (torch 2.11, Triton
+# 3.6). The timed work is small: useful forward FLOPs are 4 B H N d with N the pairs in the
+# window, the book's shape 2.6e10 at 16K to 1.0e11 at 64K, Mistral's 9.6e11 to 4.3e12, 0.3 ms to
+# 13 ms a call at 100-350 TFLOP/s (three times the FLOPs with the backward). The dense points
+# cost more: SDPA with the band mask does all L^2 cells, 0.25 s for Mistral's forward at 64K and
+# 0.87 s with the backward. Compilation dominates: measured, the check took 8-30 s a case (most of
+# it compiling the kernel's specializations), so its 42 cases want about 6 minutes, the entry
+# check (32 cases) 2-4, and the timing step (FlexAttention compiled for two shapes and both
+# passes) about 5. Where one command may run 10 minutes, run STEPS="check" first, then
+# STEPS="entry timing"; the timeouts (CHECK_S, ENTRY_S, TIMING_S seconds: 420, 240, 360 unless
+# set) keep what each step wrote by then.
 set -u
 OUT=${1:?usage: bash book/data/gpu-run-3.sh OUTPUT_DIR [--cpu-trial]}
 mkdir -p "$OUT"
@@ -46,11 +47,18 @@ if [ "${2:-}" = "--cpu-trial" ]; then
   export TRITON_INTERPRET=1
   DEVICE="--device cpu --tiny" CHECK_S=300 ENTRY_S=300 TIMING_S=400 TIMING="--budget 0.05"
 else
-  DEVICE="--device cuda" CHECK_S=${CHECK_S:-240} ENTRY_S=${ENTRY_S:-150} TIMING_S=${TIMING_S:-330} TIMING="--budget 0.3"
+  DEVICE="--device cuda" CHECK_S=${CHECK_S:-420} ENTRY_S=${ENTRY_S:-240} TIMING_S=${TIMING_S:-360} TIMING="--budget 0.3"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu3-nvidia-smi.txt"
 fi
-timeout $CHECK_S $PYTHON -m swa_tutorial.bench.triton_check $DEVICE --max-seconds $((CHECK_S - 60)) \
-  --commit "$COMMIT" --out "$OUT/gpu3-triton-check.json"
-timeout $ENTRY_S $PYTHON -m swa_tutorial.bench.triton_entry_check $DEVICE --max-seconds $((ENTRY_S - 40)) \
-  --commit "$COMMIT" --out "$OUT/gpu3-entry-check.json"
-timeout $TIMING_S $PYTHON -m swa_tutorial.bench.kernel_timing $DEVICE $TIMING --commit "$COMMIT" --out "$OUT"
+STEPS=" ${STEPS:-check entry timing} "
+if [[ $STEPS == *" check "* ]]; then
+  timeout $CHECK_S $PYTHON -m swa_tutorial.bench.triton_check $DEVICE --max-seconds $((CHECK_S - 60)) \
+    --commit "$COMMIT" --out "$OUT/gpu3-triton-check.json"
+fi
+if [[ $STEPS == *" entry "* ]]; then
+  timeout $ENTRY_S $PYTHON -m swa_tutorial.bench.triton_entry_check $DEVICE --max-seconds $((ENTRY_S - 40)) \
+    --commit "$COMMIT" --out "$OUT/gpu3-entry-check.json"
+fi
+if [[ $STEPS == *" timing "* ]]; then
+  timeout $TIMING_S $PYTHON -m swa_tutorial.bench.kernel_timing $DEVICE $TIMING --commit "$COMMIT" --out "$OUT"
+fi

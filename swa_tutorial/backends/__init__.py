@@ -36,49 +36,22 @@ The backends, each tested against the float64 dense reference:
   span, the band never stored, on any device;
 * ``"triton"``: a fused Triton kernel, forward and backward, that never stores the band
   (:mod:`.triton`): CUDA tensors, or CPU tensors under Triton's interpreter
-  (TRITON_INTERPRET=1). Triton is imported only when it runs. A kernel of the earlier
-  signature, without grouped heads or a softcap, gets them through :func:`ungrouped` (k and v
-  repeated, a softcap refused).
+  (TRITON_INTERPRET=1). Triton is imported only when it runs.
 """
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import torch
 
 from swa_tutorial.backends import chunked, dense, tiles, triton
-from swa_tutorial.core.heads import repeat_kv
-
-
-def ungrouped(attend, name: str):
-    """A backend's ``attend(q, k, v, window, key_padding_mask, scale)`` that takes neither grouped
-    heads nor a softcap, under the contract: k and v repeated to H heads (a copy), a softcap
-    refused with a NotImplementedError naming ``name``."""
-
-    def grouped(q, k, v, window, key_padding_mask, scale, softcap=0.0):
-        if softcap:
-            raise NotImplementedError(
-                f"backend={name!r} does not take softcap yet; use backend='auto', 'tiles', 'chunks' or 'dense'"
-            )
-        H = q.shape[2]
-        return attend(q, repeat_kv(k, H), repeat_kv(v, H), window, key_padding_mask, scale)
-
-    return grouped
-
-
-def under_contract(attend, name: str):
-    """``attend`` itself when it takes a softcap (the contract's signature, with grouped heads),
-    else :func:`ungrouped` around it."""
-    return attend if "softcap" in inspect.signature(attend).parameters else ungrouped(attend, name)
-
 
 BACKENDS = {
     "chunks": chunked.attend,
     "dense": dense.attend,
     "tiles": tiles.attend,
-    "triton": under_contract(triton.attend, "triton"),
+    "triton": triton.attend,
 }
 CHOICES = ("auto", *BACKENDS)
 # The backends that take dropout; a call with dropout for another runs the first of them.

@@ -250,6 +250,8 @@ def patch_hf_longformer(model):
     layer keeps its ``attention_window``. Differences from Hugging Face's attention: attention
     dropout is refused in training mode (a ValueError at the forward, unless
     ``attention_probs_dropout_prob`` is 0), and so is ``output_attentions=True``.
+    Idempotent: layers patched already are left as they are, so patching a patched model again
+    is a no-op that returns it (code that patches whatever model it is handed may do so twice).
     Needs ``transformers`` (imported here, not by the package).
     """
     from transformers.models.longformer.modeling_longformer import (
@@ -264,8 +266,8 @@ def patch_hf_longformer(model):
         for name, child in parent.named_children()
         if isinstance(child, LongformerSelfAttention)
     ]
-    if not targets:
-        raise ValueError("model holds no LongformerSelfAttention module to patch")
+    if not targets and not any(isinstance(m, PatchedLongformerSelfAttention) for m in model.modules()):
+        raise ValueError("model holds no LongformerSelfAttention module to patch (nor a patched one)")
     for parent, name, child in targets:
         setattr(parent, name, PatchedLongformerSelfAttention(child))
     return model

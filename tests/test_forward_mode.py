@@ -1,0 +1,119 @@
+"""Forward-mode derivatives: torch.func.jvp, jacfwd and hessian through sliding_window_attention.
+
+The package's own autograd functions (the output cast, the masked softmax, the tiles) carry a
+``jvp``; everything else is plain tensor code. Each derivative is checked in float64 on small
+problems against two independent answers: central finite differences, and the same transform of
+the float64 dense reference (:func:`swa_tutorial.dense_attention`, plain tensor code throughout).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch.func import hessian, jacfwd, jacrev, jvp
+
+from swa_tutorial import dense_attention, sliding_window_attention
+
+# (L, window, dilation, padding): the dense path (L <= 2w), the chunks (L > 2w, not a multiple of
+# w), asymmetric and causal windows, an unbounded side, per-head dilation, padding with a row
+# that sees no key
+CASES = [
+    (5, 3, 1, False),
+    (13, 2, 1, False),
+    (14, (3, 1), 1, True),
+    (11, (2, 0), 1, False),
+    (9, (None, 0), 1, True),
+    (10, (0, None), 1, False),
+    (12, (2, 1), (1, 2), True),
+]
+
+
+def _problem(L, seed, heads=2, d=3, d_v=2):
+    gen = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(2, L, heads, d, generator=gen, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(2, L, heads, d_v, generator=gen, dtype=torch.float64)
+    return q, k, v, tuple(torch.randn_like(x) for x in (q, k, v))
+
+
+def _padding(L):
+    mask = torch.zeros(2, L, dtype=torch.bool)
+    mask[0, 1::3] = True
+    mask[1, : L // 2 + 2] = True  # a run of padding: some queries see no key at all
+    return mask
+
+
+def _attention(window, dilation, padding, **kwargs):
+    def swa(q, k, v):
+        return sliding_window_attention(q, k, v, window, key_padding_mask=padding, dilation=dilation, **kwargs)
+
+    def reference(q, k, v):
+        return dense_attention(q, k, v, window, key_padding_mask=padding, dilation=dilation)
+
+    return swa, reference
+
+
+def _finite_difference(f, inputs, tangents, eps=1e-6):
+    ahead = f(*(x + eps * t for x, t in zip(inputs, tangents)))
+    behind = f(*(x - eps * t for x, t in zip(inputs, tangents)))
+    return (ahead - behind) / (2 * eps)
+
+
+@pytest.mark.parametrize("backend", ["auto", "chunks", "dense"])
+@pytest.mark.parametrize("L, window, dilation, padded", CASES)
+def test_jvp_equals_finite_differences_and_the_reference(L, window, dilation, padded, backend):
+    q, k, v, tangents = _problem(L, seed=L)
+    swa, reference = _attention(window, dilation, _padding(L) if padded else None, backend=backend)
+    out, tangent = jvp(swa, (q, k, v), tangents)
+    expected_out, expected = jvp(reference, (q, k, v), tangents)
+    torch.testing.assert_close(out, expected_out, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tangent, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(tangent, _finite_difference(swa, (q, k, v), tangents), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("L, window, dilation, padded", [CASES[1], CASES[2], CASES[6]])
+def test_dual_tensors_give_the_same_tangent(L, window, dilation, padded):
+    """torch.autograd.forward_ad, no torch.func: the functions' jvp rules run on dual tensors."""
+    q, k, v, tangents = _problem(L, seed=L + 1)
+    swa, reference = _attention(window, dilation, _padding(L) if padded else None)
+    with fwAD.dual_level():
+        dual = [fwAD.make_dual(x, t) for x, t in zip((q, k, v), tangents)]
+        tangent = fwAD.unpack_dual(swa(*dual)).tangent
+    torch.testing.assert_close(tangent, jvp(reference, (q, k, v), tangents)[1], rtol=0, atol=1e-12)
+
+
+def test_jacfwd_equals_jacrev_and_the_reference():
+    q, k, v, _ = _problem(11, seed=3, heads=1, d=2, d_v=2)
+    swa, reference = _attention((2, 1), 1, _padding(11))
+    forward = jacfwd(swa, argnums=(0, 1, 2))(q, k, v)
+    for got, backward, expected in zip(forward, jacrev(swa, argnums=(0, 1, 2))(q, k, v),
+                                       jacfwd(reference, argnums=(0, 1, 2))(q, k, v)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(got, backward, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("argnum", [0, 1, 2])
+def test_hessian_equals_the_reference(argnum):
+    """hessian = jacfwd(jacrev): forward mode through the backward of every function."""
+    q, k, v, _ = _problem(9, seed=4, heads=1, d=2, d_v=2)
+    weight = torch.randn(1, 9, 1, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    swa, reference = _attention((2, 1), 1, None)
+
+    def loss(f):
+        return lambda q, k, v: (f(q, k, v) * weight).sum() + f(q, k, v).square().sum()
+
+    got = hessian(loss(swa), argnums=argnum)(q, k, v)
+    torch.testing.assert_close(got, hessian(loss(reference), argnums=argnum)(q, k, v), rtol=0, atol=1e-11)
+    assert got.abs().max() > 0.1  # a real second derivative, not zeros on both sides
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_the_tangent_has_the_output_dtype(dtype):
+    q, k, v = (x.to(dtype) for x in _problem(13, seed=6)[:3])
+    tangents = tuple(torch.ones_like(x) for x in (q, k, v))
+    out, tangent = jvp(lambda q, k, v: sliding_window_attention(q, k, v, 2), (q, k, v), tangents)
+    assert out.dtype == tangent.dtype == dtype
+    expected = jvp(lambda q, k, v: dense_attention(q, k, v, 2), tuple(x.double() for x in (q, k, v)),
+                   tuple(t.double() for t in tangents))[1]
+    tolerance = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    torch.testing.assert_close(tangent.double(), expected, rtol=0, atol=tolerance)

@@ -25,7 +25,7 @@ from swa_tutorial import dense_attention, sliding_window_attention
 from swa_tutorial.backends import ungrouped
 from swa_tutorial.reference import allowed_keys
 
-BACKENDS = ("dense", "chunks", "tiles")
+BACKENDS = ("dense", "chunks", "tiles", "diagonals")
 INF = float("-inf")
 
 

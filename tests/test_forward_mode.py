@@ -59,7 +59,7 @@ def _finite_difference(f, inputs, tangents, eps=1e-6):
     return (ahead - behind) / (2 * eps)
 
 
-@pytest.mark.parametrize("backend", ["auto", "chunks", "dense"])
+@pytest.mark.parametrize("backend", ["auto", "chunks", "dense", "diagonals"])
 @pytest.mark.parametrize("L, window, dilation, padded", CASES)
 def test_jvp_equals_finite_differences_and_the_reference(L, window, dilation, padded, backend):
     q, k, v, tangents = _problem(L, seed=L)

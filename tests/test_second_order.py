@@ -18,7 +18,7 @@ import swa_tutorial.backends
 from swa_tutorial import dense_attention, sliding_window_attention
 
 WINDOWS = [(2, 1), ((3, 0), 1), ((1, 2), (1, 2)), ((None, 1), 1)]  # (window, dilation)
-BACKENDS = ["auto", "auto-tiles", "chunks", "dense", "tiles"]
+BACKENDS = ["auto", "auto-tiles", "chunks", "dense", "tiles", "diagonals"]
 
 
 @pytest.fixture

@@ -13,7 +13,9 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.func import hessian, jacfwd, jacrev, jvp
 
+import swa_tutorial.backends
 from swa_tutorial import dense_attention, sliding_window_attention
+from swa_tutorial.backends import dense, tiles
 
 # (L, window, dilation, padding): the dense path (L <= 2w), the chunks (L > 2w, not a multiple of
 # w), asymmetric and causal windows, an unbounded side, per-head dilation, padding with a row
@@ -117,3 +119,39 @@ def test_the_tangent_has_the_output_dtype(dtype):
                    tuple(t.double() for t in tangents))[1]
     tolerance = {torch.float32: 1e-5, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
     torch.testing.assert_close(tangent.double(), expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("softcap", [0.0, 2.0])
+@pytest.mark.parametrize("L, window, dilation, padded", [CASES[2], CASES[3], CASES[4], (12, (2, 1), 2, True)])
+def test_dual_tensors_through_the_tiles(monkeypatch, L, window, dilation, padded, softcap):
+    """Dual tensors reach the tiles' autograd function, by name and where auto picks the tiles
+    (from 2^18 cells; here the threshold at 0): its jvp, tile by tile, against the reference's
+    and finite differences. Grouped heads: 4 query heads, 2 key/value heads. Then the backend
+    itself with tiles of 3 rows in groups of 2, out and lse against the dense backend's."""
+    monkeypatch.setattr(swa_tutorial.backends, "TILES_FROM_CELLS", 0)
+    gen = torch.Generator().manual_seed(L)
+    q = torch.randn(2, L, 4, 3, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(2, L, 2, 3, generator=gen, dtype=torch.float64) for _ in range(2))
+    tangents = [torch.randn_like(x) for x in (q, k, v)]
+    padding = _padding(L) if padded else None
+    kwargs = dict(key_padding_mask=padding, dilation=dilation, softcap=softcap)
+    expected = jvp(lambda q, k, v: dense_attention(q, k, v, window, **kwargs), (q, k, v), tuple(tangents))[1]
+    for backend in ("tiles", "auto"):
+        def swa(q, k, v):
+            return sliding_window_attention(q, k, v, window, backend=backend, **kwargs)
+
+        with fwAD.dual_level():
+            tangent = fwAD.unpack_dual(swa(*(fwAD.make_dual(x, t) for x, t in zip((q, k, v), tangents)))).tangent
+        torch.testing.assert_close(tangent, expected, rtol=0, atol=1e-12)
+        torch.testing.assert_close(tangent, _finite_difference(swa, (q, k, v), tangents), rtol=0, atol=1e-7)
+    if dilation != 1:
+        return
+    window = tuple(L - 1 if side is None else min(side, L - 1) for side in window)  # clipped, as the entry point does
+    tiny = dict(tile_rows=3, group_cells=2 * 3 * (3 + sum(window)))
+    with fwAD.dual_level():
+        duals = [fwAD.make_dual(x, t) for x, t in zip((q, k, v), tangents)]
+        got = [fwAD.unpack_dual(x).tangent for x in tiles.attend(*duals, window, padding, 0.7, softcap, **tiny)]
+        want = [fwAD.unpack_dual(x).tangent for x in dense.attend(*duals, window, padding, 0.7, softcap)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.nan_to_num(posinf=0.0, neginf=0.0), b.nan_to_num(posinf=0.0, neginf=0.0),
+                                   rtol=0, atol=1e-12)

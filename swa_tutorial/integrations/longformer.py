@@ -105,7 +105,9 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
     part is done, and only if there is a global token, so that a caller who projects them then
     (:class:`PatchedLongformerSelfAttention`) does not hold them through the window's peak memory.
     """
-    any_global = bool(is_global.any())
+    # torch.export traces one program for every input: it cannot branch on whether this one
+    # has a global token, so it always takes the global part, with G = 0 global slots if none.
+    any_global = torch.compiler.is_exporting() or bool(is_global.any())
     # The window part never sees a global key: those come, once, in the global keys' part.
     hidden = (padding | is_global if padding is not None else is_global) if any_global else padding
     out, lse = attend(q, k, v, window, key_padding_mask=hidden, scale=scale, dilation=dilation, backend=backend)
@@ -130,7 +132,12 @@ def _global_slots(is_global):
     order, then unused slots (``used`` False) that point at some other token.
     """
     B, L = is_global.shape
-    G = int(is_global.sum(dim=1).max())
+    # At least one slot: an exported program (which always takes the global part) then never
+    # reduces over an empty axis, which ONNX runtimes treat unlike torch. Under torch.export G is
+    # a traced number: the checks bound it.
+    G = is_global.sum(dim=1).max().clamp(min=1).item()
+    torch._check(G >= 1)
+    torch._check(G <= max(L, 1))
     position = torch.arange(L, device=is_global.device)
     order = torch.where(is_global, position, position + L)  # global tokens sort first, in order
     slots = order.argsort(dim=1)[:, :G]  # B x G

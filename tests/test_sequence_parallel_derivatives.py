@@ -121,3 +121,29 @@ def test_the_exchange_and_its_two_backwards_are_adjoint():
     for rank, (inner, again_k, again_v) in enumerate(run_gloo(_exchange_adjoint, 3, timeout=TIMEOUT)):
         assert abs(inner) < 1e-10, f"rank {rank}: <E k, y> - <k, E^T y> = {inner:.2e}"
         assert again_k == again_v == 0.0, f"rank {rank}: the double backward is not the exchange"
+
+
+def _forward_mode_errors() -> list[float]:
+    """On every rank: the tangent of this rank's output for a tangent of every input (dual
+    tensors: each rank's exchange sends the tangents of its halo too), against the rows of the
+    single-device function's tangent; one case per window."""
+    rank, errors = dist.get_rank(), []
+    for case in CASES[:4]:
+        (q, k, v), _, tangents, padding = _problem(case)
+        kwargs = {"dilation": case["dilation"]}
+        with torch.autograd.forward_ad.dual_level():
+            duals = [torch.autograd.forward_ad.make_dual(x, t) for x, t in zip((q, k, v), tangents)]
+            whole = sliding_window_attention(*duals, case["window"], key_padding_mask=padding, **kwargs)
+            expected = torch.autograd.forward_ad.unpack_dual(whole).tangent
+            starts = shard_starts(case["lengths"])
+            mine = slice(starts[rank], starts[rank + 1])
+            shard = sequence_parallel_attention(*(x[:, mine] for x in duals), case["window"],
+                                                key_padding_mask=None if padding is None else padding[:, mine], **kwargs)
+            got = torch.autograd.forward_ad.unpack_dual(shard).tangent
+        errors.append(float((got - expected[:, mine]).abs().max()) if got.numel() else 0.0)
+    return errors
+
+
+def test_forward_mode_across_ranks_equals_one_process():
+    for rank, errors in enumerate(run_gloo(_forward_mode_errors, 3, timeout=TIMEOUT)):
+        assert max(errors) < 1e-12, f"rank {rank}: tangents differ by {errors}"

@@ -271,6 +271,12 @@ class _HaloExchange(torch.autograd.Function):
         grad_k, grad_v = _HaloReturn.apply(grad_k_ext, grad_v_ext, ctx.route)
         return grad_k, grad_v, None, None
 
+    @staticmethod
+    def jvp(ctx, k_tangent, v_tangent, _padding_tangent, _route):
+        """Forward mode (dual tensors): linear, so the tangents are exchanged as the values are."""
+        k_ext, v_ext, _ = _exchange(ctx.route, k_tangent, v_tangent, None)
+        return k_ext, v_ext, None
+
 
 class _HaloReturn(torch.autograd.Function):
     """The adjoint of :class:`_HaloExchange`: gradients [B, before + n + after, H, d|d_v] of the
@@ -286,6 +292,10 @@ class _HaloReturn(torch.autograd.Function):
     def backward(ctx, grad_grad_k, grad_grad_v):
         k_ext, v_ext, _ = _HaloExchange.apply(grad_grad_k, grad_grad_v, None, ctx.route)
         return k_ext, v_ext, None
+
+    @staticmethod
+    def jvp(ctx, grad_k_tangent, grad_v_tangent, _route):
+        return _return(ctx.route, grad_k_tangent, grad_v_tangent)
 
 
 def exchange_halo(k, v, lengths, window, *, dilation=1, key_padding_mask=None, group=None, stats=None):

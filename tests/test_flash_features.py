@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from swa_tutorial import dense_attention, sliding_window_attention
 from swa_tutorial.reference import allowed_keys
 
-BACKENDS = ("dense", "chunks", "tiles")
+BACKENDS = ("dense", "chunks", "tiles", "diagonals")
 INF = float("-inf")
 
 

@@ -47,8 +47,13 @@ class OutputCast(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.dtype = inputs[0].dtype
+        ctx.dtype, ctx.out_dtype = inputs[0].dtype, output.dtype
 
     @staticmethod
     def backward(ctx, grad):
         return grad.contiguous().to(ctx.dtype), None
+
+    @staticmethod
+    def jvp(ctx, tangent, _dtype_tangent):
+        """Forward mode (torch.func.jvp, jacfwd): the cast is linear, so is its tangent's."""
+        return tangent.to(ctx.out_dtype, memory_format=torch.contiguous_format)

@@ -36,7 +36,8 @@ class _MaskedSoftmax(torch.autograd.Function):
 
     With p the probabilities, the gradient of a loss through both outputs is
     dx = p * (dp - sum(p * dp) + dlse), since d lse / d x = p. Cells with p = 0 (masked, or rows
-    with no valid cell) get a zero gradient.
+    with no valid cell) get a zero gradient. Forward mode (:meth:`jvp`) is the same Jacobian
+    applied the other way: a change t of x changes lse by sum(p * t) and p by p * (t - sum(p * t)).
     """
 
     generate_vmap_rule = True
@@ -61,12 +62,19 @@ class _MaskedSoftmax(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         probs, _ = output
         ctx.save_for_backward(probs)
+        ctx.save_for_forward(probs)
 
     @staticmethod
     def backward(ctx, d_probs, d_lse):
         (probs,) = ctx.saved_tensors
         row = (probs * d_probs).sum(dim=-1, keepdim=True)  # ... x 1
         return probs * (d_probs - row + d_lse.unsqueeze(-1)), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, _allowed_tangent):
+        (probs,) = ctx.saved_tensors
+        lse_tangent = (probs * x_tangent).sum(dim=-1)  # masked cells have p = 0: they add nothing
+        return probs * (x_tangent - lse_tangent.unsqueeze(-1)), lse_tangent
 
 
 def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,9 +23,9 @@ fraction of the available memory; one that does not fit is recorded as "oom" wit
   forward), median and interquartile range;
 * peak memory: over the first timed forward, the increment of the process's peak resident
   memory (CPU) or of ``torch.cuda.max_memory_allocated`` (GPU);
-* decoding: after a prefill of ``--decode-context`` tokens (with "swa_tutorial": in a one-layer
-  model the cache holds the same keys whichever attention filled it), ``--decode-steps`` single
-  new tokens with the implementation under test, ms per token.
+* decoding: in one process, after a prefill of ``--decode-context`` tokens (with "swa_tutorial":
+  in a one-layer model the cache holds the same keys whichever attention filled it), the
+  implementations take turns, one new token each, ``--decode-steps`` rounds: ms per token.
 
 On a GPU (``--device cuda --dtype bfloat16``) "flex_attention" can join (``--impls``): transformers'
 FlexAttention path, which compiles its kernel on the first call.
@@ -130,21 +130,27 @@ def prefill(impl: str, spec: dict) -> dict:
     return {**result, "peak_bytes": peak.bytes, **summarize(times)}
 
 
-def decoding(impl: str, spec: dict) -> dict:
-    """ms per new token after a prefill of ``spec["L"]`` tokens (filled by swa_tutorial)."""
+def decoding(impls: list, spec: dict) -> dict:
+    """ms per new token for each of ``impls`` after one prefill of ``spec["L"]`` tokens (filled by
+    swa_tutorial), the implementations taking turns token by token on the same cache."""
     from transformers import DynamicCache
 
     device, context, steps = torch.device(spec["device"]), spec["L"], spec["steps"]
-    net = model_for("swa_tutorial", spec, context + steps + 64)
+    net = model_for("swa_tutorial", spec, context + len(impls) * (steps + 1) + 64)
     cache = DynamicCache(config=net.config)
+    times = {impl: [] for impl in impls}
     with torch.no_grad():
         net(tokens(context, device), cache=cache, use_cache=True)
-        net.set_attn_implementation(impl)
-        ids = tokens(steps + 1, device)
-        times = [timed(lambda: net(ids[:, t : t + 1], cache=cache, use_cache=True,
-                                   position_ids=torch.tensor([[context + t]], device=device)), device)
-                 for t in range(steps + 1)]  # the first step warms up
-    return {"context": context, "keys_in_cache": cache.layers[0].keys.shape[-2], **summarize(times[1:])}
+        ids, position = tokens(len(impls) * (steps + 1), device), context
+        for step in range(steps + 1):  # the first round warms up
+            for impl in impls if step % 2 == 0 else impls[::-1]:
+                net.set_attn_implementation(impl)
+                at = torch.tensor([[position]], device=device)
+                times[impl].append(timed(lambda: net(ids[:, position - context][:, None], cache=cache,
+                                                     use_cache=True, position_ids=at), device))
+                position += 1
+    keys = cache.layers[0].keys.shape[-2]
+    return {impl: {"context": context, "keys_in_cache": keys, **summarize(t[1:])} for impl, t in times.items()}
 
 
 def child(spec: dict) -> None:
@@ -155,7 +161,7 @@ def child(spec: dict) -> None:
         with open("/proc/self/status") as f:
             in_use = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
         resource.setrlimit(resource.RLIMIT_AS, (in_use + limit, in_use + limit))
-    result = (prefill if spec["what"] == "prefill" else decoding)(spec["impl"], spec)
+    result = prefill(spec["impl"], spec) if spec["what"] == "prefill" else decoding(spec["impls"], spec)
     print(json.dumps(result), flush=True)
 
 
@@ -167,11 +173,25 @@ def run_child(spec: dict) -> dict:
                           env=env, capture_output=True, text=True)
     base = {k: spec[k] for k in ("what", "impl", "L")}
     if proc.returncode == 0:
-        return {**base, "status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        if spec["what"] == "decode":  # one process, every implementation
+            return [{**base, "impl": impl, "status": "ok", **r} for impl, r in result.items()]
+        return {**base, "status": "ok", **result}
     oom = proc.returncode < 0 or any(s in proc.stderr for s in ("out of memory", "MemoryError", "OutOfMemoryError"))
     return {**base, "status": "oom" if oom else "error",
             "reason": (f"needs more than the cap of {spec['memory_limit_bytes'] / 2**30:.1f} GiB; "
                        if oom else "") + proc.stderr.strip()[-400:]}
+
+
+def describe(r: dict) -> str:
+    """One result as a line of text."""
+    line = f"{r['what']:>7} {r['impl']:>14} L={r['L']:>6}: "
+    if r["status"] != "ok":
+        return line + f"{r['status']} ({r['reason'][:120]})"
+    if r["what"] == "prefill":
+        return line + (f"median {r['median_s']:.2f} s (IQR {r['iqr_s']:.2f}), peak {r['peak_bytes'] / 2**20:.0f} MiB, "
+                       f"mask {r['mask_bytes'] / 2**20:.0f} MiB")
+    return line + f"{1e3 * r['median_s']:.1f} ms/token (IQR {1e3 * r['iqr_s']:.1f}), {r['keys_in_cache']} cached keys"
 
 
 def ratios(results: list) -> dict:
@@ -201,6 +221,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--decode-context", type=int, default=16384)
     p.add_argument("--decode-steps", type=int, default=16)
     p.add_argument("--memory-fraction", type=float, default=0.8, help="cap of each process's memory")
+    p.add_argument("--commit", default=None, help="git commit to record (default: git rev-parse HEAD)")
     p.add_argument("--out", help="JSON file (e.g. book/data/cpu-hf-mistral-layer.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -213,26 +234,19 @@ def main(argv=None) -> None:
         return
     device = resolve_device(args.device)
     limit = int(args.memory_fraction * available_memory_bytes())
-    doc = {"schema": SCHEMA, "provenance": provenance(device, args.threads, None),
+    doc = {"schema": SCHEMA, "provenance": provenance(device, args.threads, args.commit),
            "config": {**SHAPE, "device": str(device), "dtype": args.dtype, "mode": "forward, torch.no_grad(), eval()",
                       "reps": args.reps, "memory_limit_bytes": limit, "decode_steps": args.decode_steps},
            "results": []}
     common = dict(threads=args.threads, memory_limit_bytes=limit, reps=args.reps, steps=args.decode_steps,
                   device=str(device), dtype=args.dtype)
     specs = [dict(common, what="prefill", impl=impl, L=L) for L in args.lengths for impl in args.impls]
-    specs += [dict(common, what="decode", impl=impl, L=args.decode_context) for impl in args.impls]
+    specs.append(dict(common, what="decode", impl="all", impls=args.impls, L=args.decode_context))
     for spec in specs:
-        r = run_child(spec)
-        doc["results"].append(r)
-        line = f"{r['what']:>7} {r['impl']:>12} L={r['L']:>6}: "
-        if r["status"] != "ok":
-            line += f"{r['status']} ({r['reason'][:120]})"
-        elif r["what"] == "prefill":
-            line += (f"median {r['median_s']:.2f} s (IQR {r['iqr_s']:.2f}), peak {r['peak_bytes'] / 2**20:.0f} MiB, "
-                     f"mask {r['mask_bytes'] / 2**20:.0f} MiB")
-        else:
-            line += f"{1e3 * r['median_s']:.1f} ms/token (IQR {1e3 * r['iqr_s']:.1f}), {r['keys_in_cache']} cached keys"
-        print(line, flush=True)
+        found = run_child(spec)
+        for r in found if isinstance(found, list) else [found]:
+            doc["results"].append(r)
+            print(describe(r), flush=True)
         doc["ratios_to_sdpa"] = ratios(doc["results"])
         if args.out:
             write(doc, args.out)

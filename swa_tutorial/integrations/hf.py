@@ -30,13 +30,14 @@ The facts this rests on, read in transformers' ``masking_utils.py``, ``cache_uti
   ``(W - 1, W - 1)``. These are the windows transformers' FlashAttention path passes
   (``window_size=(W - 1, W - 1)`` with ``causal``), which its tests hold equal to "eager".
 * Packed sequences: the FlashAttention path finds them in the ``position_ids`` each layer
-  receives (a new document where the position does not grow by 1, the rule of the masks'
-  ``find_packed_sequence_indices``), when there is no padding; so does :func:`attention`, for any
-  batch size, and attends each document alone (``cu_seqlens``). ``cu_seq_lens_q``/``cu_seq_lens_k``
-  keyword arguments (``DataCollatorWithFlattening(return_flash_attn_kwargs=True)``) are taken as
-  they are. (The masks of "eager" look for packing only without a 2D mask and without a cache,
-  and not at all in a model whose forward does not hand them ``position_ids``, GPT-OSS's in
-  5.24: there "eager" lets documents attend each other, the FlashAttention path and this do not.)
+  receives, when there is no padding (a batch of one row; a document starts where the position
+  is the row's smallest). :func:`attention` reads them there too, for any batch size, with the
+  rule of the masks' ``find_packed_sequence_indices`` (a document starts wherever the position
+  does not grow by 1), and attends each document alone (``cu_seqlens``). ``cu_seq_lens_q`` /
+  ``cu_seq_lens_k`` keyword arguments (``DataCollatorWithFlattening(return_flash_attn_kwargs=
+  True)``) are taken as they are. The masks of "eager" look for packing only without a 2D mask
+  and without a cache, and not at all in a model whose forward does not hand them
+  ``position_ids`` (GPT-OSS's, in 5.24): there "eager" lets the documents attend each other.
 
 What a model asks for that the package cannot do is a ValueError naming the model and the feature,
 never a silent other answer: a ``position_bias`` (an additive attention bias, e.g. T5's), a 4D
@@ -90,7 +91,9 @@ def register() -> str:
         from transformers import AttentionInterface
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError as error:
-        raise ImportError(f"swa_tutorial.hf.register needs Hugging Face transformers (pip install transformers): {error}") from None
+        raise ImportError(
+            f"swa_tutorial.hf.register needs Hugging Face transformers (pip install transformers): {error}"
+        ) from None
 
     AttentionInterface.register(NAME, attention)
     AttentionMaskInterface.register(NAME, key_labels)

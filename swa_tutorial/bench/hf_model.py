@@ -240,8 +240,10 @@ def main(argv=None) -> None:
            "results": []}
     common = dict(threads=args.threads, memory_limit_bytes=limit, reps=args.reps, steps=args.decode_steps,
                   device=str(device), dtype=args.dtype)
-    specs = [dict(common, what="prefill", impl=impl, L=L) for L in args.lengths for impl in args.impls]
-    specs.append(dict(common, what="decode", impl="all", impls=args.impls, L=args.decode_context))
+    prefills = [dict(common, what="prefill", impl=impl, L=L) for L in args.lengths for impl in args.impls]
+    decode = dict(common, what="decode", impl="all", impls=args.impls, L=args.decode_context)
+    # eager, the slowest, last: a run cut short by a time limit keeps the others' results
+    specs = [s for s in prefills if s["impl"] != "eager"] + [decode] + [s for s in prefills if s["impl"] == "eager"]
     for spec in specs:
         found = run_child(spec)
         for r in found if isinstance(found, list) else [found]:

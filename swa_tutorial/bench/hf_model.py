@@ -11,7 +11,8 @@ hidden behind work they share. The projections alone bound the gain: at L = 1638
 k, v, o projections take 2 L (2 * 4096^2 + 2 * 4096 * 1024) = 1.37 TFLOP, a dense masked attention
 4 H L^2 d = 4.40 TFLOP, the window's band 4 H N d = 0.96 TFLOP (N = 58.7 million (query, key)
 pairs: min(i + 1, 4096) keys for query i), so the window can be at most (1.37 + 4.40) / (1.37 +
-0.96) = 2.5 times faster than a dense attention that computes every score.
+0.96) = 2.5 times faster than a dense attention that computes every score. ``--hidden``,
+``--heads``, ``--kv-heads`` and ``--window`` scale the layer down for a smaller machine.
 
 Each (implementation, L) runs in a fresh process (on the CPU its address space capped at a
 fraction of the available memory; one that does not fit is recorded as "oom" with the reason):
@@ -67,7 +68,7 @@ def model_for(impl: str, spec: dict, max_len: int):
 
     hf.register()
     torch.manual_seed(0)
-    net = MistralModel(MistralConfig(**SHAPE, max_position_embeddings=max_len)).eval()
+    net = MistralModel(MistralConfig(**spec["shape"], max_position_embeddings=max_len)).eval()
     net.to(spec["device"], DTYPES[spec["dtype"]]).set_attn_implementation(impl)
     return net
 
@@ -214,6 +215,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", nargs="+", type=int, default=[4096, 8192, 16384])
     p.add_argument("--impls", nargs="+", choices=IMPLS, default=list(IMPLS[:3]))
+    p.add_argument("--hidden", type=int, default=SHAPE["hidden_size"], help="hidden size (default: Mistral 7B's)")
+    p.add_argument("--heads", type=int, default=SHAPE["num_attention_heads"], help="query heads H; d = hidden / H")
+    p.add_argument("--kv-heads", type=int, default=SHAPE["num_key_value_heads"], help="key/value heads H_kv")
+    p.add_argument("--window", type=int, default=SHAPE["sliding_window"], help="sliding_window W (keys)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -233,13 +238,15 @@ def main(argv=None) -> None:
         child(json.loads(args.child))
         return
     device = resolve_device(args.device)
+    shape = dict(SHAPE, hidden_size=args.hidden, num_attention_heads=args.heads, num_key_value_heads=args.kv_heads,
+                 head_dim=args.hidden // args.heads, sliding_window=args.window)
     limit = int(args.memory_fraction * available_memory_bytes())
     doc = {"schema": SCHEMA, "provenance": provenance(device, args.threads, args.commit),
-           "config": {**SHAPE, "device": str(device), "dtype": args.dtype, "mode": "forward, torch.no_grad(), eval()",
+           "config": {**shape, "device": str(device), "dtype": args.dtype, "mode": "forward, torch.no_grad(), eval()",
                       "reps": args.reps, "memory_limit_bytes": limit, "decode_steps": args.decode_steps},
            "results": []}
     common = dict(threads=args.threads, memory_limit_bytes=limit, reps=args.reps, steps=args.decode_steps,
-                  device=str(device), dtype=args.dtype)
+                  device=str(device), dtype=args.dtype, shape=shape)
     prefills = [dict(common, what="prefill", impl=impl, L=L) for L in args.lengths for impl in args.impls]
     decode = dict(common, what="decode", impl="all", impls=args.impls, L=args.decode_context)
     # eager, the slowest, last: a run cut short by a time limit keeps the others' results

@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from swa_tutorial.bench.sweep import provenance
+from swa_tutorial.bench.sweeps import provenance
 
 SCHEMA = "swa-tutorial-traffic/1"
 ROOT = Path(__file__).resolve().parents[1]

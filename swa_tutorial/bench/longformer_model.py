@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from swa_tutorial.bench.measure import PeakMemory, summarize
-from swa_tutorial.bench.sweep import provenance, write
+from swa_tutorial.bench.sweeps import provenance, write
 
 SCHEMA = "swa-tutorial-longformer-model/1"
 MODELS = ("original", "patched")

@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from swa_tutorial.attention import sliding_window_attention
 from swa_tutorial.bench.measure import summarize
-from swa_tutorial.bench.sweep import provenance
+from swa_tutorial.bench.sweeps import provenance
 from swa_tutorial.distributed import (
     all_gather_bytes,
     all_to_all_bytes,

@@ -20,6 +20,17 @@ import torch
 from swa_tutorial.core.precision import accumulation_dtype
 
 
+def lse_from_probs(row_max: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Each row's log-sum-exp from its softmax, with no second pass of exponentials: [...].
+
+    row_max: [...], each row's largest score m; probs: [..., n], the softmax of the row. At the
+    maximum the probability is exp(m - lse), so lse = m - log(max_j p_j), and max_j p_j >= 1 / n
+    keeps the log finite. A row whose softmax is undefined (no finite score) or was zeroed gets a
+    meaningless value here: its caller sets it to -inf.
+    """
+    return row_max - probs.amax(dim=-1).log()
+
+
 class _MaskedSoftmax(torch.autograd.Function):
     """probs, lse = masked softmax of x over its last dim; backward saves only probs.
 
@@ -42,9 +53,7 @@ class _MaskedSoftmax(torch.autograd.Function):
         probs = x.softmax(dim=-1)
         del x  # (one score-sized buffer fewer at the peak: the masked scores go before the zeroing)
         probs.mul_(sees_a_key)  # rows with no valid cell: finite probabilities times 0
-        # lse from the softmax itself: at the row's maximum m, p = exp(m - lse), so
-        # lse = m - log p_max, with p_max >= 1 / n: no second pass of exponentials.
-        lse = row_max - probs.amax(dim=-1).log()
+        lse = lse_from_probs(row_max, probs)  # +inf on rows with no valid cell (probs 0), set next
         lse = lse.masked_fill(~sees_a_key.squeeze(-1), float("-inf"))
         return probs, lse
 
@@ -63,7 +72,7 @@ class _MaskedSoftmax(torch.autograd.Function):
 def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax of ``scores`` over its last dim, over the cells where ``allowed`` is True only.
 
-    scores: [..., n] (any float dtype; computed in :func:`accumulation_dtype`); allowed: bool,
+    scores: [..., n] (any float dtype; computed in :func:`~swa_tutorial.core.precision.accumulation_dtype`); allowed: bool,
     broadcastable to scores. Returns probs [..., n] and lse [...], both in the accumulation dtype:
     ``probs = exp(scores - lse)`` on allowed cells, exactly 0 elsewhere; a row with no allowed
     cell has probs 0 and lse = -inf. Differentiable through both outputs.

@@ -32,7 +32,7 @@ class TileGroup:
 
     @property
     def queries(self) -> slice:
-        """The group's queries: tiles x rows of them."""
+        """The slice of the group's queries, tiles x rows of them."""
         return slice(self.first_query, self.first_query + self.tiles * self.rows)
 
     @property

@@ -14,6 +14,16 @@ import torch
 FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
+def is_int(x) -> bool:
+    """True for a Python or NumPy integer, False for a bool (an int to Python) or anything else."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def is_real(x) -> bool:
+    """True for a Python or NumPy real number (ints included), False for a bool or anything else."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def check_int(value, name: str, minimum: int = 0) -> int:
     """Return ``value`` as an int, or raise: it must be an integer >= ``minimum`` (not a bool).
 
@@ -22,7 +32,7 @@ def check_int(value, name: str, minimum: int = 0) -> int:
     """
     if isinstance(value, torch.SymInt):
         return value
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
@@ -31,7 +41,7 @@ def check_int(value, name: str, minimum: int = 0) -> int:
 
 def check_chunk_window(window) -> int:
     """The one-sided w of the chunk steps: an int >= 1 (the entry point takes every window form)."""
-    if isinstance(window, bool) or not isinstance(window, numbers.Integral):
+    if not is_int(window):
         raise TypeError(f"window must be an int >= 1 (the one-sided window w), got {type(window).__name__}")
     if window < 1:
         raise ValueError(f"window must be an int >= 1 (the one-sided window w), got {window}")
@@ -223,7 +233,7 @@ def check_scale(scale, head_dim: int, dtype: torch.dtype = torch.float64) -> flo
     """
     if scale is None:
         return head_dim**-0.5 if head_dim > 0 else 1.0
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+    if not is_real(scale):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
     try:
         value = float(scale)

@@ -19,10 +19,11 @@ This module only describes windows; ``swa_tutorial.reference`` attends through t
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
+
+from swa_tutorial.core.validation import check_int, is_int
 
 Side = Optional[int]
 WindowSpec = Union[int, Tuple[Side, Side]]
@@ -33,11 +34,6 @@ _FLASH_HABIT = (
     "; FlashAttention's window_size writes no limit as -1, this window as None: convert it with "
     "swa_tutorial.integrations.conventions.from_flash_attn, or call swa_tutorial.flash_attn_func"
 )
-
-
-def is_int(x) -> bool:
-    """True for a Python or NumPy integer, False for a bool or anything else."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def check_window(window) -> tuple[Side, Side]:
@@ -108,10 +104,37 @@ def clip_dilation(dilation: int, seq_len: int) -> int:
     return dilation if dilation <= seq_len else max(seq_len, 1)
 
 
-def window_size(window: tuple[Side, Side]) -> int | None:
-    """How many keys a query sees away from the ends: left + right + 1 (None if unbounded)."""
+def keys_per_query(window: tuple[Side, Side]) -> int | None:
+    """How many keys a query sees away from the ends: left + right + 1 (None if unbounded).
+
+    (Not FlashAttention's ``window_size``, which is the pair ``(left, right)`` itself.)
+    """
     left, right = window
     return None if left is None or right is None else left + right + 1
+
+
+def key_offsets(seq_len, device=None, *, key_len=None) -> torch.Tensor:
+    """The key-minus-query offset of every cell: int64 [L, L_k], ``offsets[i, j] = j - p``.
+
+    Query i sits at key position p = i + L_k - L (the queries aligned to the end of the keys,
+    FlashAttention's rule; p = i when ``key_len`` = L_k is None or L). Every dense mask over
+    queries i and keys j starts from this table.
+    """
+    keys = torch.arange(seq_len if key_len is None else key_len, device=device)
+    queries = keys if key_len is None else torch.arange(seq_len, device=device) + (key_len - seq_len)
+    return keys[None, :] - queries[:, None]
+
+
+def in_window(offset: torch.Tensor, window: tuple[int, int], dilation: int = 1) -> torch.Tensor:
+    """Whether a key at ``offset`` = j - p from its query lies in the window: bool, offset's shape.
+
+    True when j - p is a multiple of the dilation d and -left * d <= j - p <= right * d, for a
+    checked ``(left, right)`` of ints (no None: clip it first with :func:`clip_window`).
+    """
+    left, right = window
+    if dilation == 1:
+        return (offset >= -left) & (offset <= right)
+    return (offset % dilation == 0) & (offset >= -left * dilation) & (offset <= right * dilation)
 
 
 def window_mask(seq_len: int, window, device=None, *, dilation: int = 1, key_len: int | None = None) -> torch.Tensor:
@@ -126,9 +149,8 @@ def window_mask(seq_len: int, window, device=None, *, dilation: int = 1, key_len
     of the keys (FlashAttention's rule): query i sits at key position p = i + L_k - L and the
     window is measured from p (j - p in place of j - i above).
     """
-    for name, n in (("seq_len", seq_len), ("key_len", seq_len if key_len is None else key_len)):
-        if not is_int(n) or n < 0:
-            raise ValueError(f"{name} must be an int >= 0, got {n!r}")
+    seq_len = check_int(seq_len, "seq_len")
+    key_len = None if key_len is None else check_int(key_len, "key_len")
     (d,) = check_dilation(dilation, 1)
     longest = seq_len if key_len is None else max(seq_len, key_len)  # no two positions further apart
     d = clip_dilation(d, longest)  # no overflow for huge dilations
@@ -145,10 +167,17 @@ def offsets_mask(seq_len, window: tuple[int, int], dilation: int = 1, device=Non
 
     For the backends, whose lengths and sides may be symbolic sizes under torch.export.
     """
-    left, right = window
-    keys = torch.arange(seq_len if key_len is None else key_len, device=device)
-    queries = keys if key_len is None else torch.arange(seq_len, device=device) + (key_len - seq_len)
-    offset = keys[None, :] - queries[:, None]  # L x L_k: j - p
-    if dilation == 1:
-        return (offset >= -left) & (offset <= right)
-    return (offset % dilation == 0) & (offset >= -left * dilation) & (offset <= right * dilation)
+    return in_window(key_offsets(seq_len, device, key_len=key_len), window, dilation)
+
+
+def lean_window_mask(seq_len: int, window, device=None) -> torch.Tensor:
+    """:func:`window_mask` without dilation, built in its one bool L x L allocation: bool [L, L].
+
+    Two triangles cut off a matrix of ones (``tril_``, ``triu_``), with no int64 table of
+    :func:`key_offsets` (8 L^2 bytes) and no comparison results beside it: for a caller that
+    counts the mask's memory, as the benchmark does for dense attention. ``window`` takes every
+    form of the module docstring.
+    """
+    seq_len = check_int(seq_len, "seq_len")
+    left, right = clip_window(check_window(window), seq_len)
+    return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril_(right).triu_(-left)

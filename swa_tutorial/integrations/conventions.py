@@ -26,8 +26,8 @@ last query sits at the last key. :class:`swa_tutorial.RollingKVCache` computes e
 
 from __future__ import annotations
 
-from swa_tutorial.core.validation import check_int
-from swa_tutorial.core.windows import Side, is_int
+from swa_tutorial.core.validation import check_int, is_int
+from swa_tutorial.core.windows import Side
 
 
 def _pair(value, name: str) -> tuple:

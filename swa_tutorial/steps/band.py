@@ -17,7 +17,9 @@ from swa_tutorial.core.validation import (
     check_chunk_window,
     check_int,
     check_shape,
+    is_real,
 )
+from swa_tutorial.core.windows import in_window, key_offsets
 from swa_tutorial.steps.skewing import skew
 
 
@@ -133,12 +135,12 @@ def band_to_dense(band: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     ``dense[..., i, k] = band[..., i, k - i + w]`` inside the band ``|i - k| <= w``, ``fill`` outside.
     """
     check_shape(band, "band", "[..., L, 2w + 1]", exact_rank=False, floating=False)
-    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+    if not is_real(fill):
         raise TypeError(f"fill must be a real number, got {type(fill).__name__}")
     w = check_band_width(band, "band")
     L = band.shape[-2]
-    pos = torch.arange(L, device=band.device)
-    col = pos[None, :] - pos[:, None] + w  # L x L: which band column holds dense cell (i, k)
-    inside = (col >= 0) & (col <= 2 * w)
-    picked = band.gather(-1, col.clamp(0, 2 * w).expand(*band.shape[:-1], L))
+    offset = key_offsets(L, band.device)  # L x L: k - i
+    inside = in_window(offset, (w, w))
+    col = (offset + w).clamp(0, 2 * w)  # which band column holds dense cell (i, k), when inside
+    picked = band.gather(-1, col.expand(*band.shape[:-1], L))
     return picked.masked_fill(~inside, fill)

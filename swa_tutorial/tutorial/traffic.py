@@ -12,7 +12,7 @@ arithmetic, so the traffic of L = 65536 costs nothing to count.
 
 A fused kernel keeps the scores on chip: :func:`fused_traffic` counts what the tiled algorithm
 of the "triton" backend reads and writes, from the same tile classification the kernel uses
-(:func:`~swa_tutorial.backends.triton.launcher.key_tile_span`).
+(:func:`~swa_tutorial.core.tiling.key_tile_span`).
 """
 
 from __future__ import annotations
@@ -117,10 +117,10 @@ class TileWork(NamedTuple):
 
 def tile_work(seq_len: int, window, block_rows: int, block_cols: int) -> TileWork:
     """The key tiles each query tile of ``block_rows`` queries visits, from the kernel's own
-    classification :func:`~swa_tutorial.backends.triton.launcher.key_tile_span`; window (left, right)."""
-    from swa_tutorial.core.tiling import (
-        key_tile_span,  # here: the counting above needs no other module
-    )
+    classification :func:`~swa_tutorial.core.tiling.key_tile_span`; window (left, right)."""
+    # Imported here, not at the top: count_traffic loads from this file alone, beside the package
+    # of an older commit (tools/traffic_history.py), which may have no core.tiling.
+    from swa_tutorial.core.tiling import key_tile_span
 
     left, right = window
     row_tiles, col_tiles = -(-seq_len // block_rows), -(-seq_len // block_cols)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.animation import FuncAnimation
 
+from swa_tutorial.core.windows import in_window, key_offsets
 from swa_tutorial.reference import dense_band_mask
 from swa_tutorial.steps.band import band_mask, band_scores, band_softmax, band_to_dense
 from swa_tutorial.steps.chunks import (
@@ -242,8 +243,8 @@ def draw_band_vs_dense(fig, token: int = 1, seq_len: int = 8, window: int = 2):
     q, k, _ = labelled_qkv(L)
     band = band_scores(chunk_scores(chunk(merge_heads(q), w), chunk(merge_heads(k), w)))[0]
     mask = band_mask(L, w)[0].numpy()
-    dense_offsets = np.arange(L)[None, :] - np.arange(L)[:, None]
-    in_band = np.abs(dense_offsets) <= w
+    offsets = key_offsets(L)  # L x L: j - i
+    dense_offsets, in_band = offsets.numpy(), in_window(offsets, (w, w)).numpy()
     dense_colors = np.full((L, L), None, dtype=object)
     dense_colors[i] = index_colors(dense_offsets[i : i + 1], in_band[i : i + 1])[0]
     dense_colors[i, ~in_band[i]] = None

@@ -1,6 +1,6 @@
 """Pictures of the tiled algorithm: query tiles against their key tiles over the scores S.
 
-The kinds of tile are the kernel's own (:func:`~swa_tutorial.backends.triton.launcher.key_tile_span`):
+The kinds of tile are the kernel's own (:func:`~swa_tutorial.core.tiling.key_tile_span`):
 a key tile is *full* (every query of the tile sees every key: no mask), *partial* (masked cell by
 cell) or *skipped* (never loaded). :func:`tile_kinds` reads them from the kernel's spans and
 :func:`draw_tiles` colours S with them. Tokens are numbered from 1, as in the labelled example.
@@ -27,7 +27,7 @@ TILE_COLORS = {"full": "#a1d99b", "partial": "#fdd49e", "masked": "#fff3e0", "sk
 def tile_kinds(seq_len: int, window, block_rows: int, block_cols: int) -> np.ndarray:
     """The kind of every key tile of every query tile: str [row tiles, key tiles], each one of
     "full", "partial", "skipped", as
-    :func:`~swa_tutorial.backends.triton.launcher.key_tile_span` classifies them; window (left, right)."""
+    :func:`~swa_tutorial.core.tiling.key_tile_span` classifies them; window (left, right)."""
     left, right = window
     rows, cols = -(-seq_len // block_rows), -(-seq_len // block_cols)
     kinds = np.full((rows, cols), "skipped", dtype=object)

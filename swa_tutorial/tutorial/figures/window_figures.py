@@ -11,7 +11,7 @@ from __future__ import annotations
 import matplotlib.patches as mpatches
 import numpy as np
 
-from swa_tutorial.core.windows import check_window, clip_window, window_mask
+from swa_tutorial.core.windows import check_window, clip_window, in_window, key_offsets, window_mask
 from swa_tutorial.steps.shift import shifted_layout
 from swa_tutorial.tutorial.figures.plotting import (
     CHUNK_COLORS,
@@ -30,8 +30,7 @@ def shifted_band(seq_len: int, window) -> np.ndarray:
     |j - i - shift| <= w for (w, shift) of the symmetric window about a shifted diagonal."""
     left, right = clip_window(check_window(window), seq_len - 1)
     w, shift, _, _ = shifted_layout(seq_len, left, right)
-    offset = np.arange(seq_len)[None, :] - np.arange(seq_len)[:, None]  # j - i
-    return np.abs(offset - shift) <= w
+    return in_window(key_offsets(seq_len), (w - shift, w + shift)).numpy()  # shift - w <= j - i <= shift + w
 
 
 def draw_window(ax, scores, window, *, dilation: int = 1, band=False, chunks=False, order=None, title=None):

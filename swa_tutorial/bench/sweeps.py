@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from swa_tutorial.bench.check import check
+from swa_tutorial.bench.correctness import check
 from swa_tutorial.bench.implementations import IMPLEMENTATIONS, why_not
 from swa_tutorial.bench.measure import (
     PeakMemory,

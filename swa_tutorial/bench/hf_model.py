@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 from swa_tutorial.bench.measure import PeakMemory, compare, resolve_device, summarize
-from swa_tutorial.bench.sweep import available_memory_bytes, provenance, write
+from swa_tutorial.bench.sweeps import available_memory_bytes, provenance, write
 
 SCHEMA = "swa-tutorial-hf-model/1"
 IMPLS = ("sdpa", "eager", "swa_tutorial", "flex_attention")  # flex_attention: on a GPU (it compiles)

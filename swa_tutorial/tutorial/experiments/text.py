@@ -31,8 +31,8 @@ from .task import IGNORE
 from .training import Run, build, optimise
 
 SCHEMA = "swa-tutorial-window-text/1"
-WINDOWS = (1, 2, 4, 8, 16, 32, 64, 127)  # keys to the left; 127 = L - 1: every earlier token
-SEQ_LEN = 128
+WINDOWS = (1, 4, 16, 63)  # keys to the left; 63 = L - 1: every earlier token
+SEQ_LEN = 64
 VALIDATION_SEQUENCES = 256
 VALIDATION_SEED = 2_000_003
 BYTES = 256
@@ -111,7 +111,7 @@ def measure(window: int, seed: int, steps: int, train: torch.Tensor, validation:
 
 def main(argv=None) -> None:
     module = "swa_tutorial.tutorial.experiments.text"
-    parser = records.parser(module, __doc__, steps=300)
+    parser = records.parser(module, __doc__, steps=800)
     parser.add_argument("--windows", type=int, nargs="+", default=list(WINDOWS),
                         help=f"keys to the left (default {' '.join(map(str, WINDOWS))})")
     args = parser.parse_args(argv)

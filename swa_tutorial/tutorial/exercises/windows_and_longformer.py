@@ -237,7 +237,7 @@ def _decode_step() -> Iterator[Case]:
 EXERCISES = [
     Exercise("symmetric_window", "12_window_shapes",
              "symmetric_window(left, right): (w, shift) of the narrowest band about a shifted diagonal",
-             "swa_tutorial.backends.chunked.symmetric_window", _symmetric_window),
+             "swa_tutorial.steps.shift.symmetric_window", _symmetric_window),
     Exercise("flash_window_size", "12_window_shapes",
              "flash_window_size(W): FlashAttention's window_size for Mistral's sliding_window=W",
              "swa_tutorial.integrations.conventions", _flash_window_size),

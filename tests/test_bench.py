@@ -222,18 +222,46 @@ BENCH_FILES = [p for p in sorted(DATA.glob("*.json")) if _schema_of(p) == SCHEMA
 def test_every_committed_result_file_names_a_known_schema():
     import importlib.util
 
-    from swa_tutorial.bench import bandwidth, longformer_model, sequence_parallel
+    from swa_tutorial.bench import bandwidth, gqa, longformer_model, sequence_parallel
 
     spec = importlib.util.spec_from_file_location("traffic_history", DATA.parent.parent / "tools" / "traffic_history.py")
     traffic = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(traffic)  # repository tooling, outside the package
-    known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA}
+    known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA, gqa.SCHEMA}
     assert BENCH_FILES and {p.name: _schema_of(p) for p in DATA.glob("*.json") if _schema_of(p) not in known} == {}
 
 
 @pytest.mark.parametrize("path", BENCH_FILES, ids=lambda p: p.name)
 def test_committed_result_files_follow_the_schema(path):
     _assert_schema(json.loads(path.read_text()))
+
+
+def test_gqa_benchmark_checks_every_call_and_compares_the_package_with_each_other():
+    """python -m swa_tutorial.bench.gqa on a tiny configuration, in this process: every prefill and
+    decoding implementation checked against float64 and timed, the ratios swa / each other; a
+    wrong output fails the check (no timing is asserted)."""
+    from swa_tutorial.bench import gqa
+
+    config = dict(B=1, H=4, H_kv=2, d=8, window=[15, 0], lengths=[40], cache=50, threads=1, reps=1, min_time=0.0, seed=0)
+    doc = gqa.run(config, isolate=False, progress=lambda line: None)
+    expected = {("prefill", impl) for impl in gqa.PREFILL} | {("decoding", impl) for impl in gqa.DECODING}
+    assert {(r["case"], r["impl"]) for r in doc["results"]} == expected
+    assert all(r["status"] == "ok" and r["check"]["ok"] and r["times_s"] for r in doc["results"])
+    assert {(r["case"], r["swa_over"]) for r in doc["ratios"]} == {c for c in expected if c[1] != "swa"}
+    spec = {**config, "q_len": 40, "k_len": 40}
+    q, k, v = gqa.inputs(spec)
+    assert not gqa.check(spec, q, k, v, torch.zeros(1, 40, 4, 8))["ok"]
+
+
+GQA_FILES = [p for p in sorted(DATA.glob("*.json")) if _schema_of(p) == "swa-tutorial-gqa/1"]
+
+
+@pytest.mark.parametrize("path", GQA_FILES, ids=lambda p: p.name)
+def test_committed_gqa_results_were_checked_before_they_were_timed(path):
+    doc = json.loads(path.read_text())
+    assert doc["provenance"]["device"] and doc["results"]
+    for r in doc["results"]:
+        assert r["status"] != "ok" or (r["check"]["ok"] and r["times_s"] and r["memory_bytes"] is not None)
 
 
 def test_device_check_passes_on_the_cpu():

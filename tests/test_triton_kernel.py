@@ -41,6 +41,7 @@ def assert_ok(case: Case) -> None:
 # float64: outputs, lse and the gradients of both equal dense attention's within 1e-10.
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize(
     "case",
     [
@@ -83,12 +84,14 @@ def problems(draw, max_len=70):
     )
 
 
+@pytest.mark.triton
 @settings(max_examples=16)
 @given(problems())
 def test_float64_random_cases(case):
     assert_ok(case)
 
 
+@pytest.mark.triton
 def test_query_with_no_key_gives_zero_output_minus_inf_lse_and_zero_gradients():
     B, L, H, d = 2, 40, 2, 8
     g = torch.Generator().manual_seed(0)
@@ -165,6 +168,7 @@ def test_a_query_tile_visits_no_more_key_tiles_than_its_span_covers(L, left, rig
 # gradcheck, non-finite inputs.
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("window, padding", [((2, 1), "none"), ((0, 3), "tail")])
 def test_gradcheck(window, padding):
     """Finite differences of out and lse (lse without its -inf rows) in q, k and v."""
@@ -180,6 +184,7 @@ def test_gradcheck(window, padding):
     assert torch.autograd.gradcheck(attention, (q, k, v))
 
 
+@pytest.mark.triton
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
 def test_non_finite_inputs_reach_exactly_the_rows_that_score_them():
     B, L, H, d = 1, 40, 1, 4
@@ -195,6 +200,7 @@ def test_non_finite_inputs_reach_exactly_the_rows_that_score_them():
     assert torch.equal(lse.isnan(), nan_rows)
 
 
+@pytest.mark.triton
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")  # log(0), for the NaN row
 def test_a_query_scoring_minus_inf_against_all_its_keys_is_nan_as_in_dense_attention():
@@ -219,6 +225,7 @@ def test_a_query_scoring_minus_inf_against_all_its_keys_is_nan_as_in_dense_atten
 # float32, float16, bfloat16 against PyTorch's SDPA on the same rounded inputs.
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 @pytest.mark.parametrize(
     "score_std, window, padding, layout",
@@ -231,6 +238,7 @@ def test_low_precision_error_against_sdpa(dtype, score_std, window, padding, lay
     assert_ok(Case(1, 64, 2, 32, 32, window, padding, dtype=dtype, layout=layout, score_std=score_std, seed=score_std))
 
 
+@pytest.mark.triton
 def test_the_gpu_check_runs_and_writes_its_results(tmp_path):
     """python -m swa_tutorial.bench.triton_check --tiny, as a GPU run makes it without --tiny."""
     path = tmp_path / "check.json"
@@ -266,6 +274,7 @@ def test_cpu_tensors_need_the_interpreter():
         triton_kernel._check_device(q.to("meta"), interpreted=True)
 
 
+@pytest.mark.triton
 def test_through_the_entry_point_with_dilation_and_padding():
     """backend="triton" from sliding_window_attention: per-head dilations (residue classes
     folded into the batch around the kernel) and key padding, against dense attention."""

@@ -79,3 +79,17 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.T
     """
     x = scores.to(accumulation_dtype(scores.dtype))
     return _MaskedSoftmax.apply(x, allowed)  # (the mask stays as small as it came: it broadcasts)
+
+
+def add_sinks(out: torch.Tensor, lse: torch.Tensor, sinks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention sinks: one more logit per head in every row's softmax denominator, none in a
+    numerator (GPT-OSS's learned sinks, one logit per head).
+
+    out [..., H, d_v] and lse [..., H] of a softmax over the row's keys; sinks [H]. With the sink
+    s_h the row's log-sum-exp becomes lse' = log(exp(lse) + exp(s_h)) and each weight shrinks by
+    exp(lse - lse'), so out' = out exp(lse - lse'). A row with no key (lse = -inf) keeps out = 0
+    and gets lse' = s_h: the sink takes all the weight. Differentiable in out, lse and sinks.
+    """
+    sink = sinks.to(lse.dtype)  # [H], broadcast over the rows
+    with_sink = torch.logaddexp(lse, sink)
+    return out * torch.exp(lse - with_sink)[..., None], with_sink

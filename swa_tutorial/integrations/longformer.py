@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from swa_tutorial.attention import attend
+from swa_tutorial.core.optional import require
 from swa_tutorial.core.precision import OutputCast, accumulation_dtype, without_autocast
 from swa_tutorial.core.softmax import masked_softmax
 from swa_tutorial.core.validation import (
@@ -252,6 +253,7 @@ def patch_hf_longformer(model):
     ``attention_probs_dropout_prob`` is 0), and so is ``output_attentions=True``.
     Needs ``transformers`` (imported here, not by the package).
     """
+    require("transformers", by=f"{__name__}.patch_hf_longformer")
     from transformers.models.longformer.modeling_longformer import (
         LongformerSelfAttention,
     )

@@ -18,6 +18,11 @@ partial tiles first, then the full ones without a window mask, then partial ones
 from __future__ import annotations
 
 import torch
+
+from swa_tutorial.core.optional import require
+
+require("triton", by=__name__)
+
 import triton
 import triton.language as tl
 

@@ -19,6 +19,10 @@ with the package's own steps:
 
 from __future__ import annotations
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", "numpy", by=__name__, extra="plot")
+
 import matplotlib.patches as mpatches
 import matplotlib.pyplot as plt
 import numpy as np
@@ -51,7 +55,8 @@ from swa_tutorial.tutorial.figures.static_explorer import kernel_free  # noqa: F
 
 def live(draw, figsize=(8, 4), **sliders):
     """ipywidgets controls for ``draw(fig, **params)``; pass ipywidgets sliders or fixed values."""
-    import ipywidgets as widgets  # only a live notebook needs ipywidgets
+    require("ipywidgets", by=f"{__name__}.live", extra="widgets")  # only a live notebook needs it
+    import ipywidgets as widgets
 
     out = widgets.Output()
 

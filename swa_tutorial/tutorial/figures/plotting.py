@@ -7,6 +7,10 @@ wherever an array is.
 
 from __future__ import annotations
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", "numpy", by=__name__, extra="plot")
+
 import matplotlib.colors as mcolors
 import matplotlib.patches as mpatches
 import numpy as np

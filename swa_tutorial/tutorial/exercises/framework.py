@@ -14,9 +14,15 @@ and prints what it found::
 
 On the first wrong case it says exactly what is wrong: the call, then the type, the shape, a
 copy where a view was asked for, or the first wrong entry, named by its dimensions, with the
-value got and the value expected, and how many entries differ. :func:`diagnose` returns that
-message (None when the answer is right) instead of printing it. ``EXERCISES`` lists every
-exercise: its name, its chapter and the function it asks for.
+value got and the value expected, and how many entries differ. Then the likely cause: each
+exercise lists typical wrong computations (:class:`Suspect`), and when the answer's result equals
+one of them, the message says which mistake gives it. :func:`diagnose` returns that message (None
+when the answer is right) instead of printing it. ``EXERCISES`` lists every exercise: its name,
+its chapter and the function it asks for.
+
+A *prediction* exercise ("predict the output, then run it") asks for values instead of a
+function: the answer is a dict, one entry per quantity, each compared with what the package
+computes.
 """
 
 from __future__ import annotations
@@ -34,13 +40,28 @@ Compare = Callable[[object, object], "str | None"]
 
 @dataclass(frozen=True)
 class Case:
-    """One call of the answer: its arguments, how to show the call, the expected result."""
+    """One call of the answer: its arguments, how to show the call, the expected result.
 
-    call: str  # e.g. "band_pairs(L=8, w=2)"
+    For a prediction exercise ``args`` is ``(key,)``: the answer's entry ``key`` is compared.
+    """
+
+    call: str  # e.g. "window_pairs(L=8, left=2, right=2)"
     args: tuple
     expected: object
     compare: Compare
     source: str = ""  # where the expected value comes from, e.g. "dense_band_mask(8, 2).sum()"
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """A typical wrong computation and the mistake that gives it.
+
+    ``compute`` takes a case's arguments and returns what that mistake produces (None where it
+    makes no difference); when a wrong answer's result equals it, the message names ``cause``.
+    """
+
+    compute: Callable[..., object]
+    cause: str
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,8 @@ class Exercise:
     task: str  # the function to write, in one sentence
     reference: str  # the package function(s) the answer is checked against
     cases: Callable[[], Iterator[Case]]
+    suspects: tuple[Suspect, ...] = ()
+    prediction: bool = False  # the answer is a dict of values, not a function
 
 
 def generator(seed: int) -> torch.Generator:
@@ -128,21 +151,71 @@ def same_tensor(dims: tuple[str, ...], *, exact: bool = True, view_of=None) -> C
     return compare
 
 
+def agrees(value, got) -> bool:
+    """Whether ``got`` equals ``value``: tensors within 1e-8 (NaN where NaN), anything else by ==."""
+    if value is None:
+        return False
+    if isinstance(value, torch.Tensor):
+        if not isinstance(got, torch.Tensor) or got.shape != value.shape:
+            return False
+        got = got.detach().to(value.dtype)
+        if value.dtype == torch.bool:
+            return bool(torch.equal(got, value))
+        return bool(torch.allclose(got, value, rtol=1e-8, atol=1e-8, equal_nan=True))
+    if isinstance(value, (tuple, list)) and isinstance(got, (tuple, list)):
+        return len(value) == len(got) and all(agrees(a, b) for a, b in zip(value, got))
+    if isinstance(got, torch.Tensor):
+        return got.numel() == 1 and got.item() == value
+    if isinstance(got, bool) != isinstance(value, bool):  # True == 1, but a count is no yes/no
+        return False
+    return got == value
+
+
+def likely_cause(exercise: Exercise, case: Case, got) -> str:
+    """'. Likely cause: ...' naming every suspect whose result ``got`` equals on this case, else ''."""
+    causes = []
+    for suspect in exercise.suspects:
+        try:
+            value = suspect.compute(*case.args)
+        except Exception:  # noqa: BLE001  (a suspect that does not apply to this case)
+            continue
+        if agrees(value, got):
+            causes.append(suspect.cause)
+    return "".join(f". {'Or' if k else 'Likely cause'}: {cause}" for k, cause in enumerate(causes))
+
+
+def _answer_to(exercise: Exercise, answer, case: Case):
+    """(the answer's result for ``case``, or None and what keeps it from having one)."""
+    if not exercise.prediction:
+        return answer(*case.args), None
+    (key,) = case.args
+    if not isinstance(answer, dict):
+        return None, f"got {type(answer).__name__}, expected a dict of predictions with the key {key!r}"
+    if key not in answer:
+        return None, f"the prediction has no entry {key!r} (its keys: {', '.join(map(repr, answer))})"
+    got = answer[key]
+    if got is Ellipsis or isinstance(got, (list, tuple)) and any(x is Ellipsis for x in got):
+        return None, f"{case.call} is ...: fill in your prediction (in place of the ...)"
+    return got, None
+
+
 def run(exercise: Exercise, answer) -> tuple[str | None, int]:
     """(what is wrong with the first wrong case or None, the number of cases checked)."""
     count = 0
     for case in exercise.cases():
         count += 1
         try:
-            got = answer(*case.args)
+            got, missing = _answer_to(exercise, answer, case)
         except Exception as error:  # the reader's code: any error is a finding
             return f"{case.call} raised {type(error).__name__}: {error}", count
+        if missing:
+            return missing, count
         if got is None:
             return f"{case.call} returned None: fill in the function body (in place of the ...)", count
         problem = case.compare(case.expected, got)
         if problem:
             source = f" (expected from {case.source})" if case.source else ""
-            return f"{case.call}: {problem}{source}", count
+            return f"{case.call}: {problem}{source}{likely_cause(exercise, case, got)}", count
     return None, count
 
 

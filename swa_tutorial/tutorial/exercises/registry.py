@@ -5,14 +5,17 @@ from __future__ import annotations
 import textwrap
 
 from swa_tutorial.tutorial.exercises import (
-    part1,
+    band_and_layer,
+    dense_and_chunks,
     tiles_and_shards,
     windows_and_longformer,
 )
 from swa_tutorial.tutorial.exercises.framework import WIDTH, Exercise, run
 
 EXERCISES: dict[str, Exercise] = {
-    e.name: e for e in part1.EXERCISES + windows_and_longformer.EXERCISES + tiles_and_shards.EXERCISES
+    e.name: e
+    for module in (dense_and_chunks, band_and_layer, windows_and_longformer, tiles_and_shards)
+    for e in module.EXERCISES
 }
 
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from swa_tutorial.backends.triton import launcher
 from swa_tutorial.bench.measure import compare, is_out_of_memory, matmul_peak, resolve_device, summarize
-from swa_tutorial.bench.sweep import provenance
+from swa_tutorial.bench.sweeps import provenance
 from swa_tutorial.core.precision import OutputCast
 
 # name: (B, H, H_kv, d, (left, right))

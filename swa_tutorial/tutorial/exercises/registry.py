@@ -6,13 +6,15 @@ import textwrap
 
 from swa_tutorial.tutorial.exercises import (
     part1,
+    real_models,
     tiles_and_shards,
     windows_and_longformer,
 )
 from swa_tutorial.tutorial.exercises.framework import WIDTH, Exercise, run
 
 EXERCISES: dict[str, Exercise] = {
-    e.name: e for e in part1.EXERCISES + windows_and_longformer.EXERCISES + tiles_and_shards.EXERCISES
+    e.name: e
+    for e in part1.EXERCISES + windows_and_longformer.EXERCISES + tiles_and_shards.EXERCISES + real_models.EXERCISES
 }
 
 

@@ -104,6 +104,10 @@ def flash_attn_varlen_func(
 ):
     """FlashAttention 2's ``flash_attn_varlen_func``: packed documents, each attending only itself.
 
+    The arguments it shares with :func:`flash_attn_func` (``dropout_p`` to ``return_attn_probs``,
+    and ``sinks``) mean the same; each document has its own end alignment (its queries are the
+    last of its keys' positions).
+
     Args:
         q: queries [total_q, H, d], the documents one after another.
         k: keys [total_k, H_kv, d].
@@ -113,8 +117,6 @@ def flash_attn_varlen_func(
         cu_seqlens_k: int32 [n + 1], the same for the keys and values.
         max_seqlen_q, max_seqlen_k: ints, at least the longest document's query / key count.
         block_table: must be None (a paged cache is not implemented).
-        The other arguments as in :func:`flash_attn_func`; each document has its own end
-        alignment (its queries are the last of its keys' positions).
 
     Returns:
         out [total_q, H, d_v] in q's dtype; with ``return_attn_probs`` ``(out, lse, None)``,

@@ -143,7 +143,8 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
             packed documents; ``position_bias`` is refused.
 
     Returns:
-        (out [B, Lq, H, d_v], None): no attention weights (a warning if ``output_attentions``).
+        The output [B, Lq, H, d_v] and None in place of the attention weights, which it never
+        forms (a warning says so if ``output_attentions`` is asked for).
     """
     model = _model(getattr(module, "config", None))
     if kwargs.get("position_bias") is not None:

@@ -20,7 +20,7 @@ from swa_tutorial.backends import check_backend, dense, load
 from swa_tutorial.backends.diagonals import attend_every_length, exports_every_length
 from swa_tutorial.core.heads import kv_heads_for
 from swa_tutorial.core.packing import check_packing
-from swa_tutorial.core.precision import OutputCast, accumulation_dtype, without_autocast
+from swa_tutorial.core.precision import accumulation_dtype, cast_output, without_autocast
 from swa_tutorial.core.softmax import add_sinks
 from swa_tutorial.core.validation import (
     check_dropout,
@@ -113,7 +113,7 @@ def sliding_window_attention(
         softcap=softcap, sinks=sinks, dropout=dropout, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
     )
-    out = OutputCast.apply(out, q.dtype)
+    out = cast_output(out, q.dtype)
     return (out, lse) if return_lse else out
 
 

@@ -28,7 +28,7 @@ import torch
 
 from swa_tutorial.attention import attend
 from swa_tutorial.core.optional import require
-from swa_tutorial.core.precision import OutputCast, accumulation_dtype, without_autocast
+from swa_tutorial.core.precision import accumulation_dtype, cast_output, without_autocast
 from swa_tutorial.core.softmax import masked_softmax
 from swa_tutorial.core.validation import (
     check_key_padding_mask,
@@ -123,7 +123,7 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
             out = out.index_put((batch, position), rows[used])  # the global rows replaced
         if padding is not None:
             out = torch.where(padding[:, :, None, None], 0.0, out)
-    return OutputCast.apply(out, q.dtype)
+    return cast_output(out, q.dtype)
 
 
 def _global_slots(is_global):

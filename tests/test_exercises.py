@@ -210,18 +210,6 @@ def neighbours_send_whole_windows(lengths, window, token_bytes):
     return [((right if r > 0 else 0) + (left if r < last else 0)) * token_bytes for r in range(last + 1)]
 
 
-def cu_seqlens_where_positions_are_0(position_ids):
-    starts = (position_ids.flatten() == 0).nonzero().flatten()  # as if every document counted from 0
-    return torch.cat([starts, torch.tensor([position_ids.numel()])]).to(torch.int32)
-
-
-def cu_seqlens_of_one_long_row(position_ids):
-    flat = position_ids.flatten()  # the rows read as one sequence: a row's start is missed
-    starts = torch.ones_like(flat, dtype=torch.bool)
-    starts[1:] = flat.diff() != 1
-    return torch.cat([starts.nonzero().flatten(), torch.tensor([flat.numel()])]).to(torch.int32)
-
-
 def merge_without_the_max(out1, lse1, out2, lse2):
     e1, e2 = lse1.exp()[:, None], lse2.exp()[:, None]
     return (e1 * out1 + e2 * out2) / (e1 + e2)
@@ -376,10 +364,10 @@ WRONG = [
     ("longformer_keys", lambda i, L, w, g: sorted([*range(max(0, i - w), min(L, i + w + 1)), *g]),  # twice
      "longformer_keys(i=0, L=1, w=3, global_tokens=[0]): got [0, 0], expected 1 ints: (0,) "
      "(expected from the keys dense_longformer_attention weighs)"),
-    ("cu_seqlens", cu_seqlens_where_positions_are_0,
+    ("cu_seqlens", EXERCISES["cu_seqlens"].suspects[0].compute,  # documents counted from 0 only
      "cu_seqlens(position_ids=[[2, 3, 4, 2, 3]]) (positions from 2 (a RoBERTa-like model)): got [5], expected "
      "[0, 3, 5]: cu_seqlens starts at 0 and ends at the number of tokens, 5"),
-    ("cu_seqlens", cu_seqlens_of_one_long_row,
+    ("cu_seqlens", EXERCISES["cu_seqlens"].suspects[1].compute,  # a row's start missed
      "cu_seqlens(position_ids=[[0, 1, 2, 3], [4, 5, 6, 7]]) (the second row continues the first's positions): "
      "got [0, 8], expected [0, 4, 8]: a document starts at token 4 (a row's first token starts a document)"),
     ("cu_seqlens", lambda position_ids: torch.tensor([0, position_ids.numel()]),  # int64, one document

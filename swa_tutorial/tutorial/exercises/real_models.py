@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 
 from swa_tutorial.integrations.hf import cu_seqlens_from_positions
-from swa_tutorial.tutorial.exercises.framework import Case, Compare, Exercise, generator
+from swa_tutorial.tutorial.exercises.framework import Case, Compare, Exercise, Suspect, generator
 
 
 def _cu_seqlens_compare(position_ids: torch.Tensor) -> Compare:
@@ -70,8 +70,30 @@ def _cu_seqlens() -> Iterator[Case]:
                    "swa_tutorial.integrations.hf.cu_seqlens_from_positions")
 
 
+def _cu_seqlens_from(starts: torch.Tensor) -> torch.Tensor:
+    """int32 cu_seqlens from a bool of document starts over the flattened tokens."""
+    return torch.cat([starts.nonzero().flatten(), torch.tensor([starts.numel()])]).to(torch.int32)
+
+
+def _starts_at_position_0(position_ids):
+    return _cu_seqlens_from(position_ids.flatten() == 0)
+
+
+def _rows_as_one_sequence(position_ids):
+    flat = position_ids.flatten()
+    starts = torch.ones_like(flat, dtype=torch.bool)
+    starts[1:] = flat.diff() != 1
+    return _cu_seqlens_from(starts)
+
+
 EXERCISES = [
     Exercise("cu_seqlens", "20_hugging_face",
              "cu_seqlens(position_ids): FlashAttention's int32 cu_seqlens of the documents packed in position_ids",
-             "swa_tutorial.integrations.hf.cu_seqlens_from_positions", _cu_seqlens),
+             "swa_tutorial.integrations.hf.cu_seqlens_from_positions", _cu_seqlens,
+             suspects=(
+                 Suspect(_starts_at_position_0, "a document taken to start where the position is 0; positions may "
+                         "restart at any first value, so a start is wherever the position does not grow by 1"),
+                 Suspect(_rows_as_one_sequence, "the rows read as one sequence; each row is its own, so its first "
+                         "token starts a document even when the positions run on across the break"),
+             )),
 ]

@@ -324,7 +324,7 @@ WRONG = [
      "dilated_keys(i=0, left=1, right=1, d=2, L=7): got [0, 1, 2], expected [0, 2]: key 1 is not attended "
      "(j - i = 1 is not a multiple of d = 2)"),
     ("attend_by_slices", attend_the_whole_sequence,
-     "attend_by_slices(q, k, v, window=1, d=2) with [B, L, H, d] = [2, 8, 2, 4]: entry [batch 0, position 0, "
+     "attend_by_slices(q, k, v, window=1, d=2) with [B, L, H, d_h] = [2, 8, 2, 4]: entry [batch 0, position 0, "
      "head 0, component 0]: got "),
     ("cache_positions", newest_tokens_in_order,
      "cache_positions(T=3, left=1): slot 0: got 1, expected 2: the cache holds the newest tokens 1 .. 2, and "

@@ -3,7 +3,7 @@
 For float16 and bfloat16 inputs the scores, the softmax and the P x V sums are kept in float32
 (float64 stays float64): :func:`accumulation_dtype`. Autocast is switched off around the package's
 arithmetic (:func:`without_autocast`), and only the result is rounded to the input's dtype
-(:class:`OutputCast`, through :func:`cast_output`).
+(:class:`OutputCast`, through ``cast_output``).
 """
 
 from __future__ import annotations

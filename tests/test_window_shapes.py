@@ -54,6 +54,7 @@ def test_out_and_lse_match_the_dense_reference(backend, data):
     assert_close64(lse[~blind], ref_lse[~blind])
 
 
+@pytest.mark.triton
 @settings(max_examples=8)
 @given(window_cases(max_len=40, head_dims=(1, 3, 16), max_batch=2, max_heads=2))
 def test_triton_on_small_problems(case):

@@ -15,11 +15,9 @@ queries get max(shift, 0) zero rows in front so that every key they need has a r
 length grows by abs(shift) <= w before it is rounded up to a multiple of w.
 
 torch.export with a dynamic L: the rounding up (a ceiling division of the symbolic L) leaves
-guards the exporter cannot prove, so declare L a multiple of w (``L = w * Dim("n")``, with
-n >= 4; with a dilation d, of w d), as a model that pads its batches to a multiple of the window
-does; then every length exports into one program. Windows that reach the dense path (beyond the
-sequence, or None on a side) export for any L. torch.compile has no such limit (it recompiles
-when it must).
+guards the exporter cannot prove, so the entry point does not come here then: it takes the
+diagonals (:mod:`.diagonals`), whose shapes are L plus constants, and one program holds for
+every L from 1 up. torch.compile has no such limit (it recompiles when it must).
 
 Scores, softmax and P x V are computed in float32 for half inputs (the accumulation dtype of
 :mod:`swa_tutorial.core.softmax`): q and k are converted before the chunked product, so no score is
@@ -32,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from swa_tutorial.backends import dense
+from swa_tutorial.core.heads import repeat_kv
 from swa_tutorial.core.precision import accumulation_dtype
 from swa_tutorial.core.softmax import masked_softmax
 from swa_tutorial.steps.band import band_mask, band_scores
@@ -40,16 +39,23 @@ from swa_tutorial.steps.shift import shifted_layout
 from swa_tutorial.steps.values import band_times_values
 
 
-def attend(q, k, v, window, key_padding_mask, scale):
-    """q, k [B, L, H, d], v [B, L, H, d_v], window (left, right) -> out [B, L, H, d_v], lse [B, L, H]."""
+def attend(q, k, v, window, key_padding_mask, scale, softcap=0.0, dropout=0.0):
+    """q [B, L, H, d], k [B, L, H_kv, d], v [B, L, H_kv, d_v], window (left, right)
+    -> out [B, L, H, d_v], lse [B, L, H].
+
+    Grouped heads: k and v are repeated to H heads (the band of scores, B H L (2w + 1) numbers,
+    dwarfs that copy). ``softcap`` c > 0 caps the band's scores at c tanh(s / c) before the mask;
+    ``dropout`` p > 0 drops band probabilities with probability p, the kept ones times 1 / (1 - p).
+    """
     left, right = window
     B, L, H, _ = q.shape
     w, shift, lead, Lp = shifted_layout(L, left, right)
     # A side that reaches the whole sequence, the sequence in one chunk (that chunk is dense
     # attention), or a padded band with more cells than the L x L matrix: dense attention.
     if max(left, right) >= L - 1 or 2 * w >= L or Lp * (2 * w + 1) >= L * L:
-        return dense.attend(q, k, v, window, key_padding_mask, scale)
+        return dense.attend(q, k, v, window, key_padding_mask, scale, softcap, dropout)
     acc = accumulation_dtype(q.dtype)
+    k, v = repeat_kv(k, H), repeat_kv(v, H)
 
     def rows(x, first):  # [B, L, H, d] -> [B*H, Lp, d]: row r holds token r - first, or zeros
         return F.pad(merge_heads(x.to(acc)), (0, 0, first, Lp - L - first))
@@ -57,10 +63,14 @@ def attend(q, k, v, window, key_padding_mask, scale):
     scores = chunk_scores(chunk(rows(q, lead) * scale, w), chunk(rows(k, lead - shift), w))  # BH x C x 2w x 2w
     band = band_scores(scores)  # BH x Lp x (2w + 1)
     del scores
+    if softcap:
+        band = torch.tanh(band / softcap) * softcap
     mask = band_mask(L, w, padded_len=Lp, key_padding_mask=key_padding_mask, shift=shift - lead, device=q.device)
     offset = torch.arange(-w, w + 1, device=q.device) + shift  # key - query of each band column
     mask = mask & (offset >= -left) & (offset <= right)  # B' x Lp x (2w + 1); B' = B or 1
     probs, lse = masked_softmax(band.unflatten(0, (B, H)), mask[:, None])  # B x H x Lp x (2w + 1)
     del band  # free the scores' memory for P x V
+    if dropout:
+        probs = F.dropout(probs, dropout)
     out = band_times_values(probs.flatten(0, 1), rows(v, lead - shift))  # BH x Lp x d_v
     return split_heads(out, B)[:, lead : lead + L].contiguous(), lse[:, :, lead : lead + L].transpose(1, 2)

@@ -38,6 +38,7 @@ import torch
 
 from swa_tutorial.bench.measure import PeakMemory, summarize
 from swa_tutorial.bench.sweeps import provenance, write
+from swa_tutorial.core.optional import require
 
 SCHEMA = "swa-tutorial-longformer-model/1"
 MODELS = ("original", "patched")
@@ -45,6 +46,7 @@ MODELS = ("original", "patched")
 
 def build(model: str, spec: dict):
     """The Longformer of ``spec`` (random weights from seed 0), patched or not, in eval mode."""
+    require("transformers", by=f"{__name__}.build")
     from transformers import LongformerConfig, LongformerModel
     from transformers.utils import logging
 

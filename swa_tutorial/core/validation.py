@@ -110,11 +110,80 @@ def check_qkv(q, k, v) -> None:
         raise ValueError(
             f"v must match q in [B, L, H] = {tuple(q.shape[:3])}, got {tuple(v.shape[:3])}"
         )
+    _check_dtypes_and_devices(q, k, v)
+
+
+def check_grouped_qkv(q, k, v, *, packed: bool = False) -> None:
+    """Check q [B, L_q, H, d], k [B, L_k, H_kv, d], v [B, L_k, H_kv, d_v]: one dtype, one device.
+
+    Grouped heads: H a multiple of H_kv (query head h reads kv head h // (H / H_kv)); L_q may
+    differ from L_k. ``packed``: the inputs of packed sequences, without the batch dim:
+    q [T_q, H, d], k [T_k, H_kv, d], v [T_k, H_kv, d_v]. Any size may be 0 (H_kv only with H).
+    """
+    shapes = ("[T_q, H, d]", "[T_k, H_kv, d]", "[T_k, H_kv, d_v]") if packed else (
+        "[B, L_q, H, d]", "[B, L_k, H_kv, d]", "[B, L_k, H_kv, d_v]")
+    for (name, x), dims in zip((("q", q), ("k", k), ("v", v)), shapes):
+        check_tensor(x, name, dims)
+        rank = 3 if packed else 4
+        if x.dim() != rank:
+            why = " (packed sequences: cu_seqlens_q and cu_seqlens_k are given)" if packed else ""
+            raise ValueError(f"{name} must have {rank} dimensions {dims}{why}, got {x.dim()} (shape {tuple(x.shape)})")
+    if not packed and k.shape[0] != q.shape[0]:
+        raise ValueError(f"k must have q's batch size B = {q.shape[0]}, got {k.shape[0]} (k {tuple(k.shape)})")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k must have q's head dim d = {q.shape[-1]}, got {k.shape[-1]} (k {tuple(k.shape)})")
+    heads, kv_heads = q.shape[-2], k.shape[-2]
+    if (heads % kv_heads if kv_heads else heads):
+        raise ValueError(
+            f"k's heads H_kv = {kv_heads} must divide q's heads H = {heads} (grouped heads: query head h "
+            f"reads key/value head h // (H / H_kv))"
+        )
+    if v.shape[:-1] != k.shape[:-1]:
+        dims = shapes[1].rsplit(",", 1)[0] + "]"
+        raise ValueError(f"v must match k in {dims} = {tuple(k.shape[:-1])}, got {tuple(v.shape[:-1])}")
+    _check_dtypes_and_devices(q, k, v)
+
+
+def _check_dtypes_and_devices(q, k, v) -> None:
     for name, x in (("k", k), ("v", v)):
         if x.dtype != q.dtype:
             raise TypeError(f"{name} must have the same dtype as q ({q.dtype}), got {x.dtype}")
         if x.device != q.device:
             raise ValueError(f"{name} must be on the same device as q ({q.device}), got {x.device}")
+
+
+def _real(value, name: str, expected: str) -> float:
+    """``value`` as a float, or a TypeError naming ``name`` (bools and tensors are refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    return float(value)
+
+
+def check_softcap(softcap) -> float:
+    """The logit cap c: a finite real >= 0 (0 = none); the scores become c tanh(s / c)."""
+    value = _real(softcap, "softcap", "a real number >= 0 (0 = no cap)")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"softcap must be a finite real number >= 0 (0 = no cap), got {softcap}")
+    return value
+
+
+def check_dropout(dropout) -> float:
+    """The attention dropout probability p: a real in [0, 1) (0 = no dropout)."""
+    value = _real(dropout, "dropout", "a probability in [0, 1)")
+    if not 0 <= value < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
+    return value
+
+
+def check_sinks(sinks, heads: int, device: torch.device) -> None:
+    """None, or the attention sinks: a floating tensor [H] (one logit per query head) on ``device``."""
+    if sinks is None:
+        return
+    check_tensor(sinks, "sinks", "[H]")
+    if tuple(sinks.shape) != (heads,):
+        raise ValueError(f"sinks must have shape [H] = [{heads}] (one logit per query head), got {list(sinks.shape)}")
+    if sinks.device != device:
+        raise ValueError(f"sinks must be on the same device as q ({device}), got {sinks.device}")
 
 
 def check_key_padding_mask(mask, batch: int, seq_len: int, device: torch.device) -> None:

@@ -29,6 +29,11 @@ Side = Optional[int]
 WindowSpec = Union[int, Tuple[Side, Side]]
 
 _WINDOW_FORMS = "an int w >= 1 or a pair (left, right) of ints >= 0 (None for no limit)"
+# A negative side is most often FlashAttention's -1 ("no limit"): say where that convention lives.
+_FLASH_HABIT = (
+    "; FlashAttention's window_size writes no limit as -1, this window as None: convert it with "
+    "swa_tutorial.integrations.conventions.from_flash_attn, or call swa_tutorial.flash_attn_func"
+)
 
 
 def check_window(window) -> tuple[Side, Side]:
@@ -51,7 +56,7 @@ def check_window(window) -> tuple[Side, Side]:
             if not is_int(side):
                 raise TypeError(f"window's {name} must be an int >= 0 or None, got {type(side).__name__}")
             if side < 0:
-                raise ValueError(f"window's {name} must be an int >= 0 or None, got {side}")
+                raise ValueError(f"window's {name} must be an int >= 0 or None, got {side}{_FLASH_HABIT}")
             sides.append(int(side))
         return sides[0], sides[1]
     raise TypeError(f"window must be {_WINDOW_FORMS}, got {type(window).__name__}")
@@ -108,19 +113,22 @@ def keys_per_query(window: tuple[Side, Side]) -> int | None:
     return None if left is None or right is None else left + right + 1
 
 
-def key_offsets(seq_len, device=None) -> torch.Tensor:
-    """The key-minus-query offset of every cell: int64 [L, L], ``offsets[i, j] = j - i``.
+def key_offsets(seq_len, device=None, *, key_len=None) -> torch.Tensor:
+    """The key-minus-query offset of every cell: int64 [L, L_k], ``offsets[i, j] = j - p``.
 
-    Every dense mask over queries i and keys j starts from this table.
+    Query i sits at key position p = i + L_k - L (the queries aligned to the end of the keys,
+    FlashAttention's rule; p = i when ``key_len`` = L_k is None or L). Every dense mask over
+    queries i and keys j starts from this table.
     """
-    pos = torch.arange(seq_len, device=device)
-    return pos[None, :] - pos[:, None]
+    keys = torch.arange(seq_len if key_len is None else key_len, device=device)
+    queries = keys if key_len is None else torch.arange(seq_len, device=device) + (key_len - seq_len)
+    return keys[None, :] - queries[:, None]
 
 
 def in_window(offset: torch.Tensor, window: tuple[int, int], dilation: int = 1) -> torch.Tensor:
-    """Whether a key at ``offset`` = j - i from its query lies in the window: bool, offset's shape.
+    """Whether a key at ``offset`` = j - p from its query lies in the window: bool, offset's shape.
 
-    True when j - i is a multiple of the dilation d and -left * d <= j - i <= right * d, for a
+    True when j - p is a multiple of the dilation d and -left * d <= j - p <= right * d, for a
     checked ``(left, right)`` of ints (no None: clip it first with :func:`clip_window`).
     """
     left, right = window
@@ -129,26 +137,37 @@ def in_window(offset: torch.Tensor, window: tuple[int, int], dilation: int = 1) 
     return (offset % dilation == 0) & (offset >= -left * dilation) & (offset <= right * dilation)
 
 
-def window_mask(seq_len: int, window, device=None, *, dilation: int = 1) -> torch.Tensor:
+def window_mask(seq_len: int, window, device=None, *, dilation: int = 1, key_len: int | None = None) -> torch.Tensor:
     """The window as a dense boolean matrix, built from index arithmetic: bool [L, L].
 
     ``mask[i, j]`` is True when query i may attend key j: (j - i) % d == 0 and
     -left * d <= j - i <= right * d (the convention of
     ``torch.nn.functional.scaled_dot_product_attention``: True = attend). ``window`` takes every
     form of the module docstring; ``dilation`` is one int.
+
+    ``key_len`` = L_k: L queries against L_k keys, bool [L, L_k], the queries aligned to the end
+    of the keys (FlashAttention's rule): query i sits at key position p = i + L_k - L and the
+    window is measured from p (j - p in place of j - i above).
     """
     seq_len = check_int(seq_len, "seq_len")
+    key_len = None if key_len is None else check_int(key_len, "key_len")
     (d,) = check_dilation(dilation, 1)
-    d = clip_dilation(d, seq_len)  # no overflow for huge dilations
-    return offsets_mask(seq_len, clip_window(check_window(window), seq_len), d, device)  # nor huge windows
+    longest = seq_len if key_len is None else max(seq_len, key_len)  # no two positions further apart
+    d = clip_dilation(d, longest)  # no overflow for huge dilations
+    window = clip_window(check_window(window), longest)  # nor huge windows
+    return offsets_mask(seq_len, window, d, device, key_len=key_len)
 
 
-def offsets_mask(seq_len, window: tuple[int, int], dilation: int = 1, device=None) -> torch.Tensor:
+def offsets_mask(seq_len, window: tuple[int, int], dilation: int = 1, device=None, *, key_len=None) -> torch.Tensor:
     """:func:`window_mask` for a checked, clipped ``(left, right)``: bool [L, L], no validation.
+
+    With ``key_len`` = L_k (default L) the queries are the last L of L_k positions (aligned to
+    the end of the keys, FlashAttention's rule): query i sits at position p = i + L_k - L, and
+    ``mask[i, j]`` [L, L_k] is True when (j - p) % d == 0 and -left d <= j - p <= right d.
 
     For the backends, whose lengths and sides may be symbolic sizes under torch.export.
     """
-    return in_window(key_offsets(seq_len, device), window, dilation)
+    return in_window(key_offsets(seq_len, device, key_len=key_len), window, dilation)
 
 
 def lean_window_mask(seq_len: int, window, device=None) -> torch.Tensor:

@@ -183,7 +183,7 @@ def _with_class(d: int) -> Compare:
 def _attend_by_slices() -> Iterator[Case]:
     for seed, (L, window, d) in enumerate([(8, 1, 2), (11, (2, 0), 3), (20, (1, 3), 4), (5, 2, 1), (3, 1, 7)]):
         q, k, v = randn(3, 2, L, 2, 4, seed=seed)
-        yield Case(f"attend_by_slices(q, k, v, window={window}, d={d}) with [B, L, H, d] = [2, {L}, 2, 4]",
+        yield Case(f"attend_by_slices(q, k, v, window={window}, d={d}) with [B, L, H, d_h] = [2, {L}, 2, 4]",
                    (q, k, v, window, d), dense_attention(q, k, v, window, dilation=d), _with_class(d),
                    f"dense_attention(q, k, v, {window}, dilation={d})")
 
@@ -237,7 +237,7 @@ def _decode_step() -> Iterator[Case]:
 EXERCISES = [
     Exercise("symmetric_window", "12_window_shapes",
              "symmetric_window(left, right): (w, shift) of the narrowest band about a shifted diagonal",
-             "swa_tutorial.backends.chunked.symmetric_window", _symmetric_window),
+             "swa_tutorial.steps.shift.symmetric_window", _symmetric_window),
     Exercise("flash_window_size", "12_window_shapes",
              "flash_window_size(W): FlashAttention's window_size for Mistral's sliding_window=W",
              "swa_tutorial.integrations.conventions", _flash_window_size),

@@ -1,8 +1,9 @@
 """Explorers: one drawing function, shown two ways.
 
 * :func:`live` wraps it in ipywidgets sliders; it redraws when a slider moves (needs a kernel).
-* :func:`kernel_free` renders it once per value of one parameter into a matplotlib animation
-  with its own slider (``to_jshtml``), which keeps working in the static HTML of the book.
+* :func:`kernel_free` renders it once per value of one parameter and shows the pictures under
+  a slider of their own, which keeps working in the static HTML of the book
+  (:mod:`.static_explorer`).
 
 A drawing function has the signature ``draw(fig, **params)`` and draws onto the empty figure it
 is given. The chapters compute what it draws with functions of their own in checked cells,
@@ -18,12 +19,15 @@ with the package's own steps:
 
 from __future__ import annotations
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", "numpy", by=__name__, extra="plot")
+
 import matplotlib.patches as mpatches
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib.animation import FuncAnimation
 
 from swa_tutorial.core.windows import in_window, key_offsets
 from swa_tutorial.reference import dense_band_mask
@@ -46,11 +50,13 @@ from swa_tutorial.tutorial.figures.plotting import (
     score_labels,
     token_names,
 )
+from swa_tutorial.tutorial.figures.static_explorer import kernel_free  # noqa: F401  (the chapters import it from here)
 
 
 def live(draw, figsize=(8, 4), **sliders):
     """ipywidgets controls for ``draw(fig, **params)``; pass ipywidgets sliders or fixed values."""
-    import ipywidgets as widgets  # only a live notebook needs ipywidgets
+    require("ipywidgets", by=f"{__name__}.live", extra="widgets")  # only a live notebook needs it
+    import ipywidgets as widgets
 
     out = widgets.Output()
 
@@ -63,28 +69,6 @@ def live(draw, figsize=(8, 4), **sliders):
 
     controls = widgets.interactive(redraw, **sliders)
     return widgets.VBox([widgets.HBox(controls.children[:-1]), out])
-
-
-def kernel_free(draw, name, values, figsize=(8, 4), dpi=86, **fixed):
-    """A self-contained HTML animation: one frame of ``draw`` per value of parameter ``name``.
-
-    Returns an ``IPython.display.HTML`` whose slider steps through ``values`` without a kernel.
-    At the default dpi an 8-inch-wide figure is 688 pixels, the width of the book's text column
-    in a 1280-pixel window, so its text shows at the size it was drawn.
-    """
-    from IPython.display import HTML
-
-    fig = plt.figure(figsize=figsize, dpi=dpi)
-    values = list(values)
-
-    def frame(i):
-        fig.clear()
-        draw(fig, **{name: values[i]}, **fixed)
-
-    anim = FuncAnimation(fig, frame, frames=len(values), interval=1000)
-    html = anim.to_jshtml(default_mode="once")
-    plt.close(fig)
-    return HTML(html)
 
 
 def index_colors(index, valid=None):
@@ -295,13 +279,13 @@ def draw_token_attention(fig, token: int = 8, window: int = 2, seq_len: int = 16
     weights = token_attention(token, window, seq_len, seed=seed).numpy()
     L, w = seq_len, window
     inside = np.abs(np.arange(L) - (token - 1)) <= w
-    ax1 = fig.add_axes((0.06, 0.72, 0.9, 0.12))
+    ax1 = fig.add_axes((0.09, 0.7, 0.88, 0.12))
     colors = np.full((1, L), None, dtype=object)
     colors[0, token - 1] = "#f7b6b6"
     draw_matrix(ax1, text=np.array([token_names(L)]), shade=inside[None, :], colors=colors, fontsize=8)
     ax1.set_title(f"token {token} with w = {w}: it sees tokens {max(1, token - w)}..{min(L, token + w)}",
                   fontsize=10, pad=6)
-    ax2 = fig.add_axes((0.06, 0.12, 0.9, 0.5))
+    ax2 = fig.add_axes((0.09, 0.13, 0.88, 0.48))
     ax2.bar(np.arange(1, L + 1), weights, color=np.where(inside, "#1f77b4", "#cccccc"))
     ax2.set_xlim(0.5, L + 0.5)
     ax2.set_ylim(0, 1)
@@ -310,7 +294,7 @@ def draw_token_attention(fig, token: int = 8, window: int = 2, seq_len: int = 16
     ax2.set_ylabel("softmax weight")
     for x, y in zip(np.arange(1, L + 1), weights):
         if y > 0:
-            ax2.text(x, y + 0.02, f"{y:.2f}", ha="center", fontsize=7)
+            ax2.text(x, y + 0.02, f"{y:.2f}", ha="center", fontsize=8)
     return fig
 
 

@@ -7,6 +7,10 @@ wherever an array is.
 
 from __future__ import annotations
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", "numpy", by=__name__, extra="plot")
+
 import matplotlib.colors as mcolors
 import matplotlib.patches as mpatches
 import numpy as np
@@ -197,15 +201,18 @@ def draw_halo(ax, lengths, window, *, dilation=1, backward=False, first=1):
             cell(token, t.dst, own=False)
         src, dst = (t.dst, t.src) if backward else (t.src, t.dst)
         x = (t.start + t.stop - 1) / 2
-        bend = 0.3 * (abs(src - dst) - 1) * np.sign(dst - src)  # behind the rows in between
+        bend = -0.3 * (abs(src - dst) - 1) * np.sign(dst - src)  # to the right, behind the rows in between
         down = np.sign(dst - src)  # +1: the arrow goes down the picture
         ax.annotate("", xy=(x, dst * gap - 0.5 * down), xytext=(x, src * gap + 0.5 * down), zorder=1,
                     arrowprops=dict(arrowstyle="-|>", color="black", linewidth=1.2,
                                     connectionstyle=f"arc3,rad={bend}"))
         count = t.stop - t.start
         what = f"{'dk, dv' if backward else 'k, v'}\n{count} token{'s' * (count > 1)}" if len(lengths) == 2 else count
-        near = (src + dst) / 2 * gap if abs(src - dst) == 1 else src * gap + 0.85 * down  # in the gap by the sender
-        ax.text(x + 0.12, near, what, fontsize=7, va="center", ha="left")
+        # on the arrow's left (a curved one bends right): half way to a neighbour, else close to the
+        # receiver, where the arrows that reach one rank carry distinct tokens
+        near = (src + dst) / 2 * gap if abs(src - dst) == 1 else dst * gap - 0.75 * down
+        ax.text(x - 0.14, near, what, fontsize=9, va="center", ha="right", zorder=4,
+                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
     ax.set_xlim(-0.7, starts[-1] - 0.3)
     ax.set_ylim((len(lengths) - 1) * gap + 0.7, -0.7)
     ax.set_yticks([r * gap for r in range(len(lengths))], [f"rank {r}" for r in range(len(lengths))])

@@ -8,6 +8,10 @@ cell) or *skipped* (never loaded). :func:`tile_kinds` reads them from the kernel
 
 from __future__ import annotations
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", "numpy", by=__name__, extra="plot")
+
 import matplotlib.patches as mpatches
 import numpy as np
 

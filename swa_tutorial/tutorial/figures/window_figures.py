@@ -8,10 +8,20 @@ their own. Tokens are numbered from 1 in every picture, as in the labelled examp
 
 from __future__ import annotations
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", "numpy", by=__name__, extra="plot")
+
 import matplotlib.patches as mpatches
 import numpy as np
 
-from swa_tutorial.core.windows import check_window, clip_window, in_window, key_offsets, window_mask
+from swa_tutorial.core.windows import (
+    check_window,
+    clip_window,
+    in_window,
+    key_offsets,
+    window_mask,
+)
 from swa_tutorial.steps.shift import shifted_layout
 from swa_tutorial.tutorial.figures.plotting import (
     CHUNK_COLORS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 from swa_tutorial.tutorial.exercises import (
@@ -37,7 +38,8 @@ def check(name: str, answer) -> None:
         message = f"✗ {problem}"
     else:
         message = f"✓ {exercise.name}: right on all {count} cases (checked against {exercise.reference})"
-    print(textwrap.fill(message, WIDTH, subsequent_indent="  "))
+    # one write: a notebook then stores the message as one output, not the text and its newline apart
+    sys.stdout.write(textwrap.fill(message, WIDTH, subsequent_indent="  ") + "\n")
 
 
 def find_exercise(name: str) -> Exercise:

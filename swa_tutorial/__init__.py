@@ -16,11 +16,18 @@ Longformer). For generation, :class:`RollingKVCache` keeps the newest keys and v
 window; :mod:`swa_tutorial.integrations.conventions` turns other libraries' window settings into
 ``(left, right)``; :mod:`swa_tutorial.distributed` shards a sequence across processes (a halo
 exchange).
+
+Code written for FlashAttention runs unchanged with :func:`flash_attn_func` and
+:func:`flash_attn_varlen_func` (FlashAttention 2's signatures, on any device).
+``swa_tutorial.hf.register()`` makes ``attn_implementation="swa_tutorial"`` a Hugging Face
+transformers attention implementation (:mod:`swa_tutorial.integrations.hf`; transformers is
+imported only then).
 """
 
 from swa_tutorial.attention import sliding_window_attention
 from swa_tutorial.decoding import RollingKVCache
 from swa_tutorial.integrations import conventions
+from swa_tutorial.integrations.flash import flash_attn_func, flash_attn_varlen_func
 from swa_tutorial.integrations.longformer import longformer_attention
 from swa_tutorial.reference import dense_attention, dense_band_mask, loop_attention
 from swa_tutorial.steps.band import (
@@ -45,13 +52,17 @@ from swa_tutorial.steps.values import band_times_values, value_chunks
 __version__ = "0.2.0"
 
 
+_ON_FIRST_USE = {"distributed": "swa_tutorial.distributed", "hf": "swa_tutorial.integrations.hf"}
+
+
 def __getattr__(name):
-    """``swa_tutorial.distributed`` is imported on first use, not with the package, so that
-    ``python -m swa_tutorial.distributed`` runs it fresh."""
-    if name == "distributed":
+    """``swa_tutorial.distributed`` and ``swa_tutorial.hf`` are imported on first use, not with the
+    package: ``python -m swa_tutorial.distributed`` runs it fresh, and importing the package does
+    not import transformers."""
+    if name in _ON_FIRST_USE:
         import importlib
 
-        return importlib.import_module(f"{__name__}.distributed")
+        return importlib.import_module(_ON_FIRST_USE[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -66,6 +77,8 @@ __all__ = [
     "dense_attention",
     "dense_band_mask",
     "dense_to_band",
+    "flash_attn_func",
+    "flash_attn_varlen_func",
     "labelled_qkv",
     "longformer_attention",
     "loop_attention",

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from swa_tutorial.backends import check_backend, dense, load
+from swa_tutorial.backends.diagonals import attend_every_length, exports_every_length
 from swa_tutorial.core.heads import kv_heads_for
 from swa_tutorial.core.packing import check_packing
-from swa_tutorial.core.precision import OutputCast, accumulation_dtype, without_autocast
+from swa_tutorial.core.precision import accumulation_dtype, cast_output, without_autocast
 from swa_tutorial.core.softmax import add_sinks
 from swa_tutorial.core.validation import (
     check_dropout,
@@ -65,8 +66,11 @@ def sliding_window_attention(
         scale: the factor on q . k before the softmax, a finite real; default 1 / sqrt(d).
         dilation: an int d >= 1, or one int per query head: query i attends key j when j - p is
             a multiple of d and -left d <= j - p <= right d (the Longformer paper's dilated window).
-        backend: "auto" (the default), "chunks" (the book's algorithm), "dense", "tiles" or
-            "triton" (:mod:`swa_tutorial.backends`). Every backend computes the same attention.
+        backend: "auto" (the default), "chunks" (the book's algorithm), "dense", "tiles",
+            "diagonals" or "triton" (:mod:`swa_tutorial.backends`). Every backend computes the
+            same attention. Under ``torch.export`` with a dynamic L every call runs
+            "diagonals" (or "dense" for an unbounded side), so that one program holds for every
+            L from 1 up (:func:`swa_tutorial.backends.diagonals.attend_every_length`).
         return_lse: also return each query's log-sum-exp of its scores, float32 (float64 for
             float64 inputs) [B, L_q, H] (sinks included).
         softcap: a float c >= 0: the scaled scores s become c tanh(s / c) before the window's
@@ -109,7 +113,7 @@ def sliding_window_attention(
         softcap=softcap, sinks=sinks, dropout=dropout, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
         max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
     )
-    out = OutputCast.apply(out, q.dtype)
+    out = cast_output(out, q.dtype)
     return (out, lse) if return_lse else out
 
 
@@ -239,6 +243,8 @@ def _dilated(call, q, k, v, key_padding_mask, d):
     masked), folded into d sequences of L / d tokens as extra batch rows, attended, and unfolded.
     """
     B, L = q.shape[:2]
+    if exports_every_length(L):  # one traced program for every L (swa_tutorial.backends.diagonals)
+        return attend_every_length(q, k, v, call.window, key_padding_mask, call.scale, call.softcap, call.dropout, d)
     if d == 1:
         return call.run(q, k, v, clip_window(call.window, L - 1), key_padding_mask)
     d = clip_dilation(d, L)  # d > L would add d - L classes of padding only

@@ -51,7 +51,8 @@ class RollingKVCache:
         value_dim: d_v of the values (default head_dim).
         dtype: float64, float32, float16 or bfloat16; q, k and v must have it.
         device: where the buffers live; q, k and v must be there.
-        scale: the factor on q . k (default 1 / sqrt(head_dim)).
+        scale: the factor on q . k (default 1 / sqrt(head_dim)), finite in the dtype it is
+            applied in (float32 for float32 and half caches, float64 for float64).
 
     Use: one :meth:`prefill` with the prompt [B, T, H, d] (T may be 0), then :meth:`step` once per
     new token [B, 1, H, d]; :meth:`reset` starts a new sequence in the same buffers. Both return
@@ -82,7 +83,12 @@ class RollingKVCache:
             device = torch.device("cpu" if device is None else device)
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"device must name a torch device, got {device!r}") from error
-        self.scale = check_scale(scale, self.head_dim)
+        try:  # torch says "Torch not compiled with CUDA enabled" as a bare AssertionError
+            torch.empty(0, device=device)
+        except (AssertionError, RuntimeError) as error:
+            raise ValueError(f"device must be a device this build of torch can use, got {str(device)!r} "
+                             f"({error})") from error
+        self.scale = check_scale(scale, self.head_dim, accumulation_dtype(dtype))
         B, S, H = self.batch, self.left + 1, self.heads
         # zeros, not empty: a slot that holds no key still meets a zero weight in P x V
         self.keys = torch.zeros(B, S, H, self.head_dim, dtype=dtype, device=device)

@@ -222,12 +222,13 @@ BENCH_FILES = [p for p in sorted(DATA.glob("*.json")) if _schema_of(p) == SCHEMA
 def test_every_committed_result_file_names_a_known_schema():
     import importlib.util
 
-    from swa_tutorial.bench import bandwidth, gqa, longformer_model, sequence_parallel
+    from swa_tutorial.bench import band_layouts, bandwidth, gqa, hf_model, longformer_model, sequence_parallel
 
     spec = importlib.util.spec_from_file_location("traffic_history", DATA.parent.parent / "tools" / "traffic_history.py")
     traffic = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(traffic)  # repository tooling, outside the package
-    known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA, gqa.SCHEMA}
+    known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA, gqa.SCHEMA,
+             hf_model.SCHEMA, band_layouts.SCHEMA}
     assert BENCH_FILES and {p.name: _schema_of(p) for p in DATA.glob("*.json") if _schema_of(p) not in known} == {}
 
 
@@ -262,6 +263,27 @@ def test_committed_gqa_results_were_checked_before_they_were_timed(path):
     assert doc["provenance"]["device"] and doc["results"]
     for r in doc["results"]:
         assert r["status"] != "ok" or (r["check"]["ok"] and r["times_s"] and r["memory_bytes"] is not None)
+
+
+def test_the_hugging_face_layer_benchmark_checks_then_measures_and_decodes_in_turns():
+    """hf_model's steps in this process on a tiny layer (its command runs each in a fresh one)."""
+    pytest.importorskip("transformers")
+    from swa_tutorial.bench import hf_model
+
+    shape = dict(hf_model.SHAPE, hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                 sliding_window=16)
+    spec = dict(device="cpu", dtype="float32", shape=shape, L=48, reps=2, steps=2, threads=1)
+    prefill = hf_model.prefill("swa_tutorial", spec)
+    assert prefill["relative_error_vs_sdpa_at_512"] <= 1e-4 and len(prefill["times_s"]) == 2
+    decode = hf_model.decoding(["sdpa", "swa_tutorial"], dict(spec, L=40))
+    assert set(decode) == {"sdpa", "swa_tutorial"}
+    assert all(r["keys_in_cache"] == 15 and len(r["times_s"]) == 2 for r in decode.values())  # W - 1 kept
+    results = [{"what": "prefill", "impl": impl, "L": 48, "status": "ok", "times_s": t, "peak_bytes": b}
+               for impl, t, b in (("sdpa", [1.0, 1.1, 0.9], 100), ("swa_tutorial", [0.5, 0.6, 0.4], 50))]
+    ratios = hf_model.ratios(results)
+    assert list(ratios) == ["prefill swa_tutorial/sdpa L=48"]
+    assert ratios["prefill swa_tutorial/sdpa L=48"]["peak_memory"] == 0.5
+    assert ratios["prefill swa_tutorial/sdpa L=48"]["time"]["ratio"] == 0.5
 
 
 def test_device_check_passes_on_the_cpu():

@@ -50,7 +50,7 @@ def first_call(name: str) -> str:
     return next(iter(EXERCISES[name].cases())).call
 
 
-CHAPTERS = [f.stem for f in sorted(BOOK.glob("[01][0-9]_*.ipynb"))]
+CHAPTERS = [f.stem for f in sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))]
 WITHOUT_EXERCISES = {"01_preface", "19_benchmarks"}  # the preface, and measurements to read
 
 
@@ -324,7 +324,7 @@ WRONG = [
      "dilated_keys(i=0, left=1, right=1, d=2, L=7): got [0, 1, 2], expected [0, 2]: key 1 is not attended "
      "(j - i = 1 is not a multiple of d = 2)"),
     ("attend_by_slices", attend_the_whole_sequence,
-     "attend_by_slices(q, k, v, window=1, d=2) with [B, L, H, d] = [2, 8, 2, 4]: entry [batch 0, position 0, "
+     "attend_by_slices(q, k, v, window=1, d=2) with [B, L, H, d_h] = [2, 8, 2, 4]: entry [batch 0, position 0, "
      "head 0, component 0]: got "),
     ("cache_positions", newest_tokens_in_order,
      "cache_positions(T=3, left=1): slot 0: got 1, expected 2: the cache holds the newest tokens 1 .. 2, and "
@@ -364,6 +364,15 @@ WRONG = [
     ("longformer_keys", lambda i, L, w, g: sorted([*range(max(0, i - w), min(L, i + w + 1)), *g]),  # twice
      "longformer_keys(i=0, L=1, w=3, global_tokens=[0]): got [0, 0], expected 1 ints: (0,) "
      "(expected from the keys dense_longformer_attention weighs)"),
+    ("cu_seqlens", EXERCISES["cu_seqlens"].suspects[0].compute,  # documents counted from 0 only
+     "cu_seqlens(position_ids=[[2, 3, 4, 2, 3]]) (positions from 2 (a RoBERTa-like model)): got [5], expected "
+     "[0, 3, 5]: cu_seqlens starts at 0 and ends at the number of tokens, 5"),
+    ("cu_seqlens", EXERCISES["cu_seqlens"].suspects[1].compute,  # a row's start missed
+     "cu_seqlens(position_ids=[[0, 1, 2, 3], [4, 5, 6, 7]]) (the second row continues the first's positions): "
+     "got [0, 8], expected [0, 4, 8]: a document starts at token 4 (a row's first token starts a document)"),
+    ("cu_seqlens", lambda position_ids: torch.tensor([0, position_ids.numel()]),  # int64, one document
+     "cu_seqlens(position_ids=[[0, 1, 2, 3, 4, 5]]) (one document): got dtype torch.int64, expected torch.int32 "
+     "(FlashAttention's cu_seqlens are int32)"),
     ("merge_softmaxes", merge_without_the_max,  # e^lse overflows once the scores pass ~700
      "merge_softmaxes(out1, lse1, out2, lse2): 5 queries, keys split 4 + 5, scores of spread 1000: "
      "entry [query 0, component 0]: got nan, expected -1.03169 "),

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from cases import assert_close64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cases import assert_close64
 from swa_tutorial import dense_attention, sliding_window_attention
-from swa_tutorial.backends import ungrouped
 from swa_tutorial.reference import allowed_keys
 
-BACKENDS = ("dense", "chunks", "tiles")
+BACKENDS = ("dense", "chunks", "tiles", "diagonals")
 INF = float("-inf")
 
 
@@ -353,23 +352,3 @@ def test_triton_backend_with_grouped_heads_rectangles_sinks_and_packing():
         assert_close64(out, ref_out)
         assert torch.equal(lse == INF, ref_lse == INF)
         assert_close64(lse[lse > INF], ref_lse[ref_lse > INF])
-
-
-def test_a_backend_without_grouped_heads_gets_repeated_keys_and_refuses_a_softcap():
-    """:func:`swa_tutorial.backends.ungrouped`: the backend sees k and v with H heads, and a
-    softcap is a NotImplementedError naming the backend and the argument."""
-    seen = []
-
-    def plain(q, k, v, window, key_padding_mask, scale):
-        seen.append(k.shape[2])
-        return ungrouped_reference(q, k, v, window, key_padding_mask, scale)
-
-    def ungrouped_reference(q, k, v, window, key_padding_mask, scale):
-        return dense_attention(q, k, v, window, key_padding_mask=key_padding_mask, scale=scale, return_lse=True)
-
-    q, k, v = (torch.randn(1, 9, h, 4, dtype=torch.float64) for h in (4, 1, 1))
-    out, lse = ungrouped(plain, "plain")(q, k, v, (2, 2), None, 0.5)
-    assert seen == [4]
-    assert_close64(out, dense_attention(q, k, v, 2, scale=0.5))
-    with pytest.raises(NotImplementedError, match="backend='plain' does not take softcap yet"):
-        ungrouped(plain, "plain")(q, k, v, (2, 2), None, 0.5, 1.0)

@@ -351,6 +351,17 @@ def test_patching_keeps_the_weights():
     assert patched.encoder.layer[1].attention.self.window == (4, 4)  # W = 8: four keys on each side
 
 
+def test_patching_a_patched_model_again_changes_nothing():
+    _, patched = pair(LongformerModel)
+    layers = [layer.attention.self for layer in patched.encoder.layer]
+    kwargs = inputs(LongformerModel)
+    with torch.no_grad():
+        before = patched(**kwargs).last_hidden_state
+        assert patch_hf_longformer(patched) is patched
+        assert [layer.attention.self for layer in patched.encoder.layer] == layers  # the same modules
+        assert torch.equal(patched(**kwargs).last_hidden_state, before)
+
+
 def test_hugging_face_refusals():
     original, patched = pair(LongformerModel, attention_probs_dropout_prob=0.1)
     kwargs = inputs(LongformerModel)

@@ -4,8 +4,9 @@ The kernel runs on the CPU under Triton's interpreter (TRITON_INTERPRET=1, set i
 whose tiles are 16 x 16: the small lengths here cross several query and key tiles, and the
 windows make every kind of key tile (skipped, full, partial) occur. Most cases go through
 :func:`swa_tutorial.bench.triton_check.check`, the check a GPU run makes on CUDA: outputs,
-log-sum-exps and the gradients of both against float64 dense attention; float32 and the half
-types against the error of PyTorch's SDPA on the same rounded inputs.
+log-sum-exps and the gradients of both against float64 dense attention (k and v repeated to the
+query heads for grouped heads, the scores capped from the definition for a softcap); float32 and
+the half types against the error of PyTorch's SDPA on the same rounded inputs.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ def assert_ok(case: Case) -> None:
         Case(1, 45, 1, 8, 3, (0, 33)),  # anticausal
         Case(2, 33, 1, 2, 2, (32, 32), "padded_batch_row", scale=2.0),  # every key in every window
         Case(2, 40, 2, 8, 6, (5, 9), "random", layout="strided"),  # transposed q, expanded k, strided v
+        # grouped heads (H_kv = 1: multi-query) and softcap, scores large enough for the cap to bend them
+        Case(1, 40, 4, 8, 8, (5, 9), "random", kv_heads=1, softcap=5.0, score_std=16.0),
+        Case(1, 37, 4, 16, 8, (7, 0), "tail", kv_heads=2, softcap=5.0, score_std=16.0),  # causal
+        Case(1, 37, 2, 8, 8, (6, 6), "blind_queries", kv_heads=2, softcap=5.0, score_std=16.0),  # symmetric
+        Case(2, 33, 2, 8, 6, (3, 30), "padded_batch_row", layout="strided", kv_heads=1),
     ],
     ids=repr,
 )
@@ -70,16 +76,20 @@ def problems(draw, max_len=70):
     shape = draw(st.sampled_from(("pair", "causal", "anticausal", "symmetric")))
     window = {"causal": (left, 0), "anticausal": (0, right), "symmetric": (left, left)}.get(shape, (left, right))
     d = draw(st.sampled_from((1, 3, 16, 20, 32)))
+    heads = draw(st.integers(1, 2))
     return Case(
         batch=draw(st.integers(1, 2)),
         seq_len=L,
-        heads=draw(st.integers(1, 2)),
+        heads=heads,
+        kv_heads=draw(st.sampled_from((1, heads))),
+        softcap=draw(st.sampled_from((0.0, 0.0, 5.0))),
         head_dim=d,
         value_dim=draw(st.sampled_from((d, 5))),
         window=window,
         padding=draw(st.sampled_from(PADDINGS)),
         layout=draw(st.sampled_from(("contiguous", "contiguous", "strided"))),
         scale=draw(st.sampled_from((None, 0.3, 2.0))),
+        score_std=draw(st.sampled_from((1.0, 16.0))),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 
@@ -169,19 +179,45 @@ def test_a_query_tile_visits_no_more_key_tiles_than_its_span_covers(L, left, rig
 
 
 @pytest.mark.triton
-@pytest.mark.parametrize("window, padding", [((2, 1), "none"), ((0, 3), "tail")])
-def test_gradcheck(window, padding):
-    """Finite differences of out and lse (lse without its -inf rows) in q, k and v."""
-    B, L, H, d = 1, 6, 1, 2
+@pytest.mark.parametrize("window, padding, heads, softcap", [((2, 1), "none", 1, 0.0), ((0, 3), "tail", 2, 1.5)])
+def test_gradcheck(window, padding, heads, softcap):
+    """Finite differences of out and lse (lse without its -inf rows) in q, k and v; with two
+    query heads reading one key/value head and a softcap small enough to bend the scores (there
+    in gradcheck's fast mode, one random projection of the Jacobian, for the interpreter's sake:
+    the float64 cases above compare every gradient with dense attention's)."""
+    B, L, d = 1, 6, 2
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(B, L, H, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(B, L, h, d, generator=g, dtype=torch.float64, requires_grad=True) for h in (heads, 1, 1))
     mask = None if padding == "none" else torch.tensor([[False] * 4 + [True] * 2])
 
     def attention(q, k, v):
-        out, lse = attend(q, k, v, window, mask, 0.8)
+        out, lse = attend(q, k, v, window, mask, 0.8, softcap)
         return out, torch.where(torch.isinf(lse), 0.0, lse)
 
-    assert torch.autograd.gradcheck(attention, (q, k, v))
+    assert torch.autograd.gradcheck(attention, (q, k, v), fast_mode=heads > 1)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("upstream", ["constant", "squared"])
+def test_a_second_derivative_raises_instead_of_dropping_the_attention_term(upstream):
+    """create_graph=True gives the first derivatives unchanged; differentiating them again (a
+    gradient penalty) raises and names the backends with second derivatives. "constant": the
+    upstream gradient does not depend on the inputs (loss = out.sum()), where a gradient without
+    a graph would have been silently taken as constant."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 20, 2, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    def loss():
+        out, _ = attend(q, k, v, (3, 1), None, 0.5, 2.0)
+        return out.sum() if upstream == "constant" else out.square().sum()
+
+    first = torch.autograd.grad(loss(), (q, k, v))
+    grads = torch.autograd.grad(loss(), (q, k, v), create_graph=True)
+    for a, b in zip(grads, first):
+        assert torch.equal(a, b)
+    penalty = sum(x.square().sum() for x in grads)
+    with pytest.raises(RuntimeError, match="backend 'triton' computes first derivatives only.*'dense' or 'chunks' or 'tiles'"):
+        torch.autograd.grad(penalty, q)
 
 
 @pytest.mark.triton
@@ -228,14 +264,20 @@ def test_a_query_scoring_minus_inf_against_all_its_keys_is_nan_as_in_dense_atten
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 @pytest.mark.parametrize(
-    "score_std, window, padding, layout",
-    [(1, (9, 30), "none", "contiguous"), (4, (20, 3), "random", "strided"), (16, (60, 60), "tail", "contiguous")],
+    "score_std, window, padding, layout, kv_heads, softcap",
+    [
+        (1, (9, 30), "none", "contiguous", 1, 0.0),
+        (4, (20, 3), "random", "strided", 2, 5.0),
+        (16, (60, 60), "tail", "contiguous", 1, 5.0),
+    ],
 )
-def test_low_precision_error_against_sdpa(dtype, score_std, window, padding, layout):
+def test_low_precision_error_against_sdpa(dtype, score_std, window, padding, layout, kv_heads, softcap):
     """Out (rounded to the dtype) within 1.5 times SDPA's error against float64; lse within 1.5
     times a float32 logsumexp's; gradients within 1.5 times SDPA's plus the first-order effect
-    of rounding P and dS before their products (triton_check.product_rounding_bounds)."""
-    assert_ok(Case(1, 64, 2, 32, 32, window, padding, dtype=dtype, layout=layout, score_std=score_std, seed=score_std))
+    of rounding P and dS before their products (triton_check.product_rounding_bounds). With a
+    softcap, which SDPA cannot apply, float32 dense attention is the yardstick (see triton_check)."""
+    case = Case(1, 64, 2, 32, 32, window, padding, dtype, layout, score_std, seed=score_std, kv_heads=kv_heads, softcap=softcap)
+    assert_ok(case)
 
 
 @pytest.mark.triton
@@ -269,9 +311,9 @@ def test_without_triton_the_error_names_the_backend(monkeypatch):
 def test_cpu_tensors_need_the_interpreter():
     q = torch.zeros(1, 4, 1, 2)
     with pytest.raises(ValueError, match="backend 'triton' runs CPU tensors only under Triton's interpreter"):
-        triton_kernel._check_device(q, interpreted=False)
+        triton_kernel.check_device(q, interpreted=False)
     with pytest.raises(ValueError, match="backend 'triton' runs CUDA tensors"):
-        triton_kernel._check_device(q.to("meta"), interpreted=True)
+        triton_kernel.check_device(q.to("meta"), interpreted=True)
 
 
 @pytest.mark.triton

@@ -34,51 +34,30 @@ The backends, each tested against the float64 dense reference:
 * ``"dense"``: the whole L x L matrix (:mod:`.dense`), for short sequences;
 * ``"tiles"``: the tiled algorithm in PyTorch (:mod:`.tiles`): query tiles against their key
   span, the band never stored, on any device;
+* ``"diagonals"``: the band one diagonal at a time (:mod:`.diagonals`), every shape L plus a
+  constant: the one torch.export traces for a dynamic L of any value. The export rule: when
+  ``torch.export`` traces L as dynamic, the entry point runs every window there (an unbounded
+  side, or dropout, on ``"dense"``), whatever the backend asked for
+  (:func:`.diagonals.attend_every_length`);
 * ``"triton"``: a fused Triton kernel, forward and backward, that never stores the band
   (:mod:`.triton`): CUDA tensors, or CPU tensors under Triton's interpreter
-  (TRITON_INTERPRET=1). Triton is imported only when it runs. A kernel of the earlier
-  signature, without grouped heads or a softcap, gets them through :func:`ungrouped` (k and v
-  repeated, a softcap refused).
+  (TRITON_INTERPRET=1). Triton is imported only when it runs.
 """
 
 from __future__ import annotations
 
-import inspect
 import warnings
 
 import torch
 
-from swa_tutorial.backends import chunked, dense, tiles, triton
-from swa_tutorial.core.heads import repeat_kv
-
-
-def ungrouped(attend, name: str):
-    """A backend's ``attend(q, k, v, window, key_padding_mask, scale)`` that takes neither grouped
-    heads nor a softcap, under the contract: k and v repeated to H heads (a copy), a softcap
-    refused with a NotImplementedError naming ``name``."""
-
-    def grouped(q, k, v, window, key_padding_mask, scale, softcap=0.0):
-        if softcap:
-            raise NotImplementedError(
-                f"backend={name!r} does not take softcap yet; use backend='auto', 'tiles', 'chunks' or 'dense'"
-            )
-        H = q.shape[2]
-        return attend(q, repeat_kv(k, H), repeat_kv(v, H), window, key_padding_mask, scale)
-
-    return grouped
-
-
-def under_contract(attend, name: str):
-    """``attend`` itself when it takes a softcap (the contract's signature, with grouped heads),
-    else :func:`ungrouped` around it."""
-    return attend if "softcap" in inspect.signature(attend).parameters else ungrouped(attend, name)
-
+from swa_tutorial.backends import chunked, dense, diagonals, tiles, triton
 
 BACKENDS = {
     "chunks": chunked.attend,
     "dense": dense.attend,
     "tiles": tiles.attend,
-    "triton": under_contract(triton.attend, "triton"),
+    "diagonals": diagonals.attend,
+    "triton": triton.attend,
 }
 CHOICES = ("auto", *BACKENDS)
 # The backends that take dropout; a call with dropout for another runs the first of them.
@@ -131,7 +110,7 @@ def _transformed(*tensors) -> bool:
 
 # The backends that are plain tensor code, which torch.func transforms see through; the others
 # are custom autograd functions without a vmap rule.
-TRANSFORMABLE = ("chunks", "dense")
+TRANSFORMABLE = ("chunks", "dense", "diagonals")
 
 
 def _run(name, q, k, v, window, key_padding_mask, scale, softcap, dropout):
@@ -144,8 +123,9 @@ def _run(name, q, k, v, window, key_padding_mask, scale, softcap, dropout):
 def _auto(q, k, v, window, key_padding_mask, scale, softcap=0.0, dropout=0.0):
     """The ``attend`` of the backend :func:`choose` picks for these inputs, or the chunks when
     they are traced or transformed, or take dropout: the chunks are plain tensor code that
-    torch.compile (fullgraph), torch.export with a dynamic L and vmap see through, and are
-    tested so; the tiles loop over a tiling that depends on L, in a custom autograd function."""
+    torch.compile (fullgraph), a static torch.export and vmap see through, and are tested so;
+    the tiles loop over a tiling that depends on L, in a custom autograd function. (An export
+    with a dynamic L never gets here: the entry point takes the diagonals then.)"""
     traced = torch.compiler.is_compiling() or _transformed(q, k, v, key_padding_mask)
     name = "chunks" if traced or dropout else choose(q.device, q.shape[1], window)
     return _run(name, q, k, v, window, key_padding_mask, scale, softcap, dropout)

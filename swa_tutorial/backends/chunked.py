@@ -15,11 +15,9 @@ queries get max(shift, 0) zero rows in front so that every key they need has a r
 length grows by abs(shift) <= w before it is rounded up to a multiple of w.
 
 torch.export with a dynamic L: the rounding up (a ceiling division of the symbolic L) leaves
-guards the exporter cannot prove, so declare L a multiple of w (``L = w * Dim("n")``, with
-n >= 4; with a dilation d, of w d), as a model that pads its batches to a multiple of the window
-does; then every length exports into one program. Windows that reach the dense path (beyond the
-sequence, or None on a side) export for any L. torch.compile has no such limit (it recompiles
-when it must).
+guards the exporter cannot prove, so the entry point does not come here then: it takes the
+diagonals (:mod:`.diagonals`), whose shapes are L plus constants, and one program holds for
+every L from 1 up. torch.compile has no such limit (it recompiles when it must).
 
 Scores, softmax and P x V are computed in float32 for half inputs (the accumulation dtype of
 :mod:`swa_tutorial.core.softmax`): q and k are converted before the chunked product, so no score is

@@ -251,15 +251,51 @@ def _backward(q, k, v, out, lse, dout, dlse, window, key_padding_mask, scale, so
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _tangent(q, k, v, lse, tangents, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
+    """Forward mode: the change of (out, lse) for a change ``tangents`` = (tq, tk, tv) of (q, k, v),
+    tile group by tile group. With P the weights and dS = scale (tq k^T + q tk^T) the change of
+    the scores (times 1 - tanh^2 under a softcap):
+
+        dlse = sum_c P dS,  dP = P (dS - dlse),  dO = dP V_span + P dV_span.
+    """
+    acc = lse.dtype
+    tangent_out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=acc, device=q.device)
+    tangent_lse = torch.zeros(q.shape[:3], dtype=acc, device=q.device)
+    lse = lse.masked_fill(lse == NEG_INF, 0.0)  # a query with no key: weights exp(-inf - 0) = 0
+    settings = (window, key_padding_mask, scale, softcap, tile_rows, group_cells)
+    for work, moved in zip(head_groups(q, k, v, *settings), head_groups(*tangents, *settings)):
+        scores, capped = work.scores()
+        probs = scores.sub_(work.tiled(lse)[..., None]).exp_()  # tiles x n x rows x span
+        dscores = (torch.bmm(moved.q_tiles, work.k_spans.transpose(1, 2))
+                   + torch.bmm(work.q_tiles, moved.k_spans.transpose(1, 2))).unflatten(1, (-1, work.group.rows))
+        if capped is not None:
+            dscores = dscores * (1 - capped.square())
+        dlse = (probs * dscores).sum(dim=-1)  # tiles x n x rows
+        dprobs = probs * (dscores - dlse[..., None])
+        dout = torch.bmm(dprobs.flatten(1, 2), work.v_spans) + torch.bmm(probs.flatten(1, 2), moved.v_spans)
+        tangent_out[work.rows] = work.untiled(dout.unflatten(1, (-1, work.group.rows)))
+        tangent_lse[work.rows] = work.untiled(dlse)
+    return tangent_out, tangent_lse
+
+
 class TiledAttention(torch.autograd.Function):
-    """(out, lse) from q, k, v; the backward recomputes the scores tile group by tile group."""
+    """(out, lse) from q, k, v; the backward recomputes the scores tile group by tile group, and
+    so does forward mode (:meth:`jvp`: torch.autograd.forward_ad's dual tensors)."""
 
     @staticmethod
     def forward(ctx, q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
         out, lse = _forward(q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells)
         ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
+        ctx.save_for_forward(q, k, v, lse, key_padding_mask)
         ctx.settings = (window, scale, softcap, tile_rows, group_cells)
         return out, lse
+
+    @staticmethod
+    def jvp(ctx, tq, tk, tv, *_):
+        q, k, v, lse, key_padding_mask = ctx.saved_tensors
+        window, scale, softcap, tile_rows, group_cells = ctx.settings
+        tangents = [torch.zeros_like(x) if t is None else t for x, t in zip((q, k, v), (tq, tk, tv))]
+        return _tangent(q, k, v, lse, tangents, window, key_padding_mask, scale, softcap, tile_rows, group_cells)
 
     @staticmethod
     def backward(ctx, dout, dlse):

@@ -3,7 +3,7 @@
 For float16 and bfloat16 inputs the scores, the softmax and the P x V sums are kept in float32
 (float64 stays float64): :func:`accumulation_dtype`. Autocast is switched off around the package's
 arithmetic (:func:`without_autocast`), and only the result is rounded to the input's dtype
-(:class:`OutputCast`).
+(:class:`OutputCast`, through ``cast_output``).
 """
 
 from __future__ import annotations
@@ -47,8 +47,21 @@ class OutputCast(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.dtype = inputs[0].dtype
+        ctx.dtype, ctx.out_dtype = inputs[0].dtype, output.dtype
 
     @staticmethod
     def backward(ctx, grad):
         return grad.contiguous().to(ctx.dtype), None
+
+    @staticmethod
+    def jvp(ctx, tangent, _dtype_tangent):
+        """Forward mode (torch.func.jvp, jacfwd): the cast is linear, so is its tangent's."""
+        return tangent.to(ctx.out_dtype, memory_format=torch.contiguous_format)
+
+
+def cast_output(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """:class:`OutputCast` of x [B, L, H, d_v] to ``dtype``; while Dynamo traces (torch.compile),
+    which cannot trace an autograd function with a jvp, the same copy as a plain tensor op."""
+    if torch.compiler.is_dynamo_compiling():
+        return x.to(dtype, memory_format=torch.contiguous_format, copy=True)
+    return OutputCast.apply(x, dtype)

@@ -31,42 +31,58 @@ def lse_from_probs(row_max: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
     return row_max - probs.amax(dim=-1).log()
 
 
+def _softmax_and_lse(x, allowed, in_place: bool = True):
+    """probs and lse of :func:`masked_softmax` for scores x in the accumulation dtype; ``in_place``
+    zeroes the rows without a valid cell in the softmax's own buffer (inside the autograd
+    function, where no graph is recorded), else in a new one (where autograd records the ops)."""
+    # ``allowed`` stays as small as the caller made it (one mask for every head, say): the
+    # tests on it cost a fraction of a pass over x. Selections use where and a multiply, not
+    # masked_fill, which is several times slower on the CPU with a broadcast mask.
+    sees_a_key = allowed.any(dim=-1, keepdim=True)  # ... x 1
+    # A row with no valid cell is given all its cells (finite: no NaN), then zeroed.
+    x = torch.where(allowed | ~sees_a_key, x, float("-inf"))
+    row_max = x.amax(dim=-1)
+    probs = x.softmax(dim=-1)
+    del x  # (one score-sized buffer fewer at the peak: the masked scores go before the zeroing)
+    # rows with no valid cell: finite probabilities times 0
+    probs = probs.mul_(sees_a_key) if in_place else probs * sees_a_key
+    lse = lse_from_probs(row_max, probs)  # +inf on rows with no valid cell (probs 0), set next
+    lse = lse.masked_fill(~sees_a_key.squeeze(-1), float("-inf"))
+    return probs, lse
+
+
 class _MaskedSoftmax(torch.autograd.Function):
     """probs, lse = masked softmax of x over its last dim; backward saves only probs.
 
     With p the probabilities, the gradient of a loss through both outputs is
     dx = p * (dp - sum(p * dp) + dlse), since d lse / d x = p. Cells with p = 0 (masked, or rows
-    with no valid cell) get a zero gradient.
+    with no valid cell) get a zero gradient. Forward mode (:meth:`jvp`) is the same Jacobian
+    applied the other way: a change t of x changes lse by sum(p * t) and p by p * (t - sum(p * t)).
     """
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(x, allowed):
-        # ``allowed`` stays as small as the caller made it (one mask for every head, say): the
-        # tests on it cost a fraction of a pass over x. Selections use where and a multiply, not
-        # masked_fill, which is several times slower on the CPU with a broadcast mask.
-        sees_a_key = allowed.any(dim=-1, keepdim=True)  # ... x 1
-        # A row with no valid cell is given all its cells (finite: no NaN), then zeroed.
-        x = torch.where(allowed | ~sees_a_key, x, float("-inf"))
-        row_max = x.amax(dim=-1)
-        probs = x.softmax(dim=-1)
-        del x  # (one score-sized buffer fewer at the peak: the masked scores go before the zeroing)
-        probs.mul_(sees_a_key)  # rows with no valid cell: finite probabilities times 0
-        lse = lse_from_probs(row_max, probs)  # +inf on rows with no valid cell (probs 0), set next
-        lse = lse.masked_fill(~sees_a_key.squeeze(-1), float("-inf"))
-        return probs, lse
+        return _softmax_and_lse(x, allowed)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         probs, _ = output
         ctx.save_for_backward(probs)
+        ctx.save_for_forward(probs)
 
     @staticmethod
     def backward(ctx, d_probs, d_lse):
         (probs,) = ctx.saved_tensors
         row = (probs * d_probs).sum(dim=-1, keepdim=True)  # ... x 1
         return probs * (d_probs - row + d_lse.unsqueeze(-1)), None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, _allowed_tangent):
+        (probs,) = ctx.saved_tensors
+        lse_tangent = (probs * x_tangent).sum(dim=-1)  # masked cells have p = 0: they add nothing
+        return probs * (x_tangent - lse_tangent.unsqueeze(-1)), lse_tangent
 
 
 def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +94,8 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.T
     cell has probs 0 and lse = -inf. Differentiable through both outputs.
     """
     x = scores.to(accumulation_dtype(scores.dtype))
+    if torch.compiler.is_dynamo_compiling():  # Dynamo cannot trace an autograd function with a jvp:
+        return _softmax_and_lse(x, allowed, in_place=False)  # the same ops, differentiated by autograd
     return _MaskedSoftmax.apply(x, allowed)  # (the mask stays as small as it came: it broadcasts)
 
 

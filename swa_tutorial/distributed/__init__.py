@@ -27,7 +27,9 @@ Ring attention passes every key past every rank; a window needs only its neighbo
    (and a dilation's residue classes) depends only on j - i, so local positions are as good as
    global ones.
 5. **backward**: the gradients of the halo keys and values go back the way they came, each
-   to the rank that owns those tokens, which adds them to its own (an autograd function).
+   to the rank that owns those tokens, which adds them to its own (an autograd function). That
+   return is the exchange's adjoint and is differentiable in turn (its backward is the exchange
+   again), so second derivatives (``create_graph=True``) cross ranks exactly too.
 
 The cost of the design: a rank computes ``before + after`` halo query rows it throws away, the
 fraction (before + after) / n of its work, negligible when shards are much longer than the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -174,70 +175,127 @@ def post_transfers(plan, me: int, group, outgoing, incoming, reverse: bool = Fal
     return sent
 
 
+class _Route(NamedTuple):
+    """Where one rank's halo pieces come from and go in one exchange: ``plan`` (the transfers),
+    ``me`` (this rank in ``group``), ``start`` (the shard's first position in the sequence),
+    ``place`` (transfer -> its first row in [left halo | shard | right halo]), ``own`` (the
+    shard's rows there) and ``stats`` (the dict that counts the bytes sent, or None)."""
+
+    plan: list
+    me: int
+    start: int
+    place: dict
+    own: slice
+    group: object
+    stats: dict | None
+
+
+def _route(plan, me: int, start: int, n: int, group, stats) -> _Route:
+    incoming = [t for t in plan if t.dst == me]  # in rank order, so in sequence order
+    before = sum(t.stop - t.start for t in incoming if t.src < me)
+    place, at = {}, 0
+    for t in incoming:
+        at = max(at, before + n) if t.src > me else at  # right pieces come after the shard
+        place[t], at = at, at + t.stop - t.start
+    return _Route(plan, me, start, place, slice(before, before + n), group, stats)
+
+
+def _exchange(route: _Route, k, v, padding):
+    """The exchange itself: [left halo | shard | right halo] of k, v and padding (or None)."""
+    d, pieces = k.shape[-1], {}
+
+    def send(t):
+        i, j = t.start - route.start, t.stop - route.start  # positions in this shard
+        kv = torch.cat([k[:, i:j], v[:, i:j]], dim=-1)  # B x m x H x (d + d_v)
+        return [kv] if padding is None else [kv, padding[:, i:j].to(torch.uint8)]
+
+    def receive(t):
+        kv = k.new_empty(k.shape[0], t.stop - t.start, k.shape[2], d + v.shape[-1])
+        pieces[t] = [kv] if padding is None else [kv, padding.new_empty(kv.shape[:2], dtype=torch.uint8)]
+        return pieces[t]
+
+    _add(route.stats, "forward_bytes", post_transfers(route.plan, route.me, route.group, send, receive))
+    incoming = list(route.place)
+
+    def extended(own, part):  # [left halo | own | right halo] along the sequence
+        left = [part(pieces[t]) for t in incoming if t.src < route.me]
+        right = [part(pieces[t]) for t in incoming if t.src > route.me]
+        return torch.cat(left + [own] + right, dim=1)
+
+    k_ext = extended(k, lambda p: p[0][..., :d])
+    v_ext = extended(v, lambda p: p[0][..., d:])
+    return k_ext, v_ext, None if padding is None else extended(padding, lambda p: p[1].bool())
+
+
+def _return(route: _Route, grad_k_ext, grad_v_ext):
+    """The exchange's adjoint: each halo piece's gradient back to the rank it came from, where the
+    owner adds it to the gradient of its own tokens (in plan order: the same sums on every run)."""
+    d, returned = grad_k_ext.shape[-1], {}
+    grad_k = grad_k_ext[:, route.own].clone(memory_format=torch.contiguous_format)
+    grad_v = grad_v_ext[:, route.own].clone(memory_format=torch.contiguous_format)
+
+    def send(t):  # the gradient of a piece this rank received goes back to its sender
+        x, y = route.place[t], route.place[t] + t.stop - t.start
+        return [torch.cat([grad_k_ext[:, x:y], grad_v_ext[:, x:y]], dim=-1)]
+
+    def receive(t):  # the gradient of a piece this rank sent comes back
+        shape = (grad_k.shape[0], t.stop - t.start, grad_k.shape[2], d + grad_v.shape[-1])
+        returned[t] = grad_k.new_empty(shape)
+        return [returned[t]]
+
+    sent = post_transfers(route.plan, route.me, route.group, send, receive, reverse=True)
+    _add(route.stats, "backward_bytes", sent)
+    for t, g in returned.items():
+        i, j = t.start - route.start, t.stop - route.start
+        grad_k[:, i:j] += g[..., :d]
+        grad_v[:, i:j] += g[..., d:]
+    return grad_k, grad_v
+
+
 class _HaloExchange(torch.autograd.Function):
     """k, v [B, n, H, d|d_v] and padding flags bool [B, n] (or None) of this rank's shard in;
-    [left halo | shard | right halo] of each out. The backward sends each halo piece's gradient
-    back to the rank it came from; the owner adds it to the gradient of its own tokens."""
+    [left halo | shard | right halo] of each out. Linear in k and v: its backward is the adjoint
+    exchange (:class:`_HaloReturn`), itself differentiable, so a second backward (a gradient
+    penalty, a Hessian-vector product) sends the gradients of the gradients the right way too."""
 
     @staticmethod
-    def forward(ctx, k, v, padding, plan, me, start, group, stats):
-        d, n = k.shape[-1], k.shape[1]
-        incoming = [t for t in plan if t.dst == me]  # in rank order, so in sequence order
-        before = sum(t.stop - t.start for t in incoming if t.src < me)
-        place, at = {}, 0  # where each received piece goes in [left halo | shard | right halo]
-        for t in incoming:
-            at = max(at, before + n) if t.src > me else at  # right pieces come after the shard
-            place[t], at = at, at + t.stop - t.start
-        pieces = {}
-
-        def send(t):
-            i, j = t.start - start, t.stop - start  # positions in this shard
-            kv = torch.cat([k[:, i:j], v[:, i:j]], dim=-1)  # B x m x H x (d + d_v)
-            return [kv] if padding is None else [kv, padding[:, i:j].to(torch.uint8)]
-
-        def receive(t):
-            kv = k.new_empty(k.shape[0], t.stop - t.start, k.shape[2], d + v.shape[-1])
-            pieces[t] = [kv] if padding is None else [kv, padding.new_empty(kv.shape[:2], dtype=torch.uint8)]
-            return pieces[t]
-
-        _add(stats, "forward_bytes", post_transfers(plan, me, group, send, receive))
-
-        def extended(own, part):  # [left halo | own | right halo] along the sequence
-            left = [part(pieces[t]) for t in incoming if t.src < me]
-            right = [part(pieces[t]) for t in incoming if t.src > me]
-            return torch.cat(left + [own] + right, dim=1)
-
-        k_ext = extended(k, lambda p: p[0][..., :d])
-        v_ext = extended(v, lambda p: p[0][..., d:])
-        padding_ext = None if padding is None else extended(padding, lambda p: p[1].bool())
-        ctx.plan, ctx.me, ctx.start, ctx.group, ctx.stats = plan, me, start, group, stats
-        ctx.place, ctx.own = place, slice(before, before + n)
+    def forward(ctx, k, v, padding, route):
+        ctx.route = route
+        k_ext, v_ext, padding_ext = _exchange(route, k, v, padding)
         if padding_ext is not None:
             ctx.mark_non_differentiable(padding_ext)
         return k_ext, v_ext, padding_ext
 
     @staticmethod
     def backward(ctx, grad_k_ext, grad_v_ext, _grad_padding):
-        d, place = grad_k_ext.shape[-1], ctx.place
-        grad_k = grad_k_ext[:, ctx.own].clone(memory_format=torch.contiguous_format)
-        grad_v = grad_v_ext[:, ctx.own].clone(memory_format=torch.contiguous_format)
-        returned = {}
+        grad_k, grad_v = _HaloReturn.apply(grad_k_ext, grad_v_ext, ctx.route)
+        return grad_k, grad_v, None, None
 
-        def send(t):  # the gradient of a piece this rank received goes back to its sender
-            x, y = place[t], place[t] + t.stop - t.start
-            return [torch.cat([grad_k_ext[:, x:y], grad_v_ext[:, x:y]], dim=-1)]
+    @staticmethod
+    def jvp(ctx, k_tangent, v_tangent, _padding_tangent, _route):
+        """Forward mode (dual tensors): linear, so the tangents are exchanged as the values are."""
+        k_ext, v_ext, _ = _exchange(ctx.route, k_tangent, v_tangent, None)
+        return k_ext, v_ext, None
 
-        def receive(t):  # the gradient of a piece this rank sent comes back
-            shape = (grad_k.shape[0], t.stop - t.start, grad_k.shape[2], d + grad_v.shape[-1])
-            returned[t] = grad_k.new_empty(shape)
-            return [returned[t]]
 
-        _add(ctx.stats, "backward_bytes", post_transfers(ctx.plan, ctx.me, ctx.group, send, receive, reverse=True))
-        for t, g in returned.items():  # in plan order: the sums are the same on every run
-            i, j = t.start - ctx.start, t.stop - ctx.start
-            grad_k[:, i:j] += g[..., :d]
-            grad_v[:, i:j] += g[..., d:]
-        return grad_k, grad_v, None, None, None, None, None, None
+class _HaloReturn(torch.autograd.Function):
+    """The adjoint of :class:`_HaloExchange`: gradients [B, before + n + after, H, d|d_v] of the
+    extended keys and values in, those of this rank's own [B, n, H, d|d_v] out. Its backward is
+    the exchange again (without padding flags)."""
+
+    @staticmethod
+    def forward(ctx, grad_k_ext, grad_v_ext, route):
+        ctx.route = route
+        return _return(route, grad_k_ext, grad_v_ext)
+
+    @staticmethod
+    def backward(ctx, grad_grad_k, grad_grad_v):
+        k_ext, v_ext, _ = _HaloExchange.apply(grad_grad_k, grad_grad_v, None, ctx.route)
+        return k_ext, v_ext, None
+
+    @staticmethod
+    def jvp(ctx, grad_k_tangent, grad_v_tangent, _route):
+        return _return(ctx.route, grad_k_tangent, grad_v_tangent)
 
 
 def exchange_halo(k, v, lengths, window, *, dilation=1, key_padding_mask=None, group=None, stats=None):
@@ -248,9 +306,12 @@ def exchange_halo(k, v, lengths, window, *, dilation=1, key_padding_mask=None, g
     sure). k [B, n, H, d], v [B, n, H, d_v] and ``key_padding_mask`` (bool [B, n] or None; when
     any rank has one, every rank must pass one, all False where there is no padding) become
     [B, before + n + after, ...]: [left halo | shard | right halo] as :func:`halo_plan` says,
-    ``before`` the left halo's length. Differentiable in k and v: the backward returns each halo
-    gradient to its owner. ``stats`` (a dict) gets the bytes this rank sends added to
-    ``"forward_bytes"`` and, in the backward, to ``"backward_bytes"``.
+    ``before`` the left halo's length. Differentiable in k and v to any order: the backward
+    returns each halo gradient to its owner and is itself differentiable (its backward is this
+    exchange again), so second derivatives across ranks are those of one process. ``stats`` (a
+    dict) gets the bytes this rank sends added to ``"forward_bytes"`` (messages from owner to
+    halo: the forward, and a second backward) and ``"backward_bytes"`` (from halo back to owner:
+    the backward).
     """
     group = group or dist.group.WORLD
     me = dist.get_rank(group)
@@ -261,9 +322,9 @@ def exchange_halo(k, v, lengths, window, *, dilation=1, key_padding_mask=None, g
     _add(stats, "backward_bytes", 0)
     if not any(me in (t.src, t.dst) for t in plan):  # nothing to send or receive
         return k, v, key_padding_mask, 0
-    start = shard_starts(lengths)[me]
-    k_ext, v_ext, padding_ext = _HaloExchange.apply(k, v, key_padding_mask, plan, me, start, group, stats)
-    return k_ext, v_ext, padding_ext, sum(t.stop - t.start for t in plan if t.dst == me and t.src < me)
+    route = _route(plan, me, shard_starts(lengths)[me], k.shape[1], group, stats)
+    k_ext, v_ext, padding_ext = _HaloExchange.apply(k, v, key_padding_mask, route)
+    return k_ext, v_ext, padding_ext, route.own.start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,8 +358,10 @@ def sequence_parallel_attention(q, k, v, window, *, key_padding_mask=None, scale
 
     Returns:
         This rank's output [B, n, H, d_v], contiguous, the dtype of q. Differentiable in q, k
-        and v; when k or v requires grad, every rank must run the backward through its output
-        (the halo gradients travel between ranks then), as with any collective.
+        and v, to second order too (``create_graph=True``: a gradient penalty, a Hessian-vector
+        product) where the backend is; when k or v requires grad, every rank must run each
+        backward through its output (the halo gradients travel between ranks then), as with any
+        collective.
 
     As with any collective, every rank of the group makes the same calls in the same order
     (forward, and backward: a stack of layers does), each its own shard.

@@ -28,7 +28,7 @@ import torch
 
 from swa_tutorial.attention import attend
 from swa_tutorial.core.optional import require
-from swa_tutorial.core.precision import OutputCast, accumulation_dtype, without_autocast
+from swa_tutorial.core.precision import accumulation_dtype, cast_output, without_autocast
 from swa_tutorial.core.softmax import masked_softmax
 from swa_tutorial.core.validation import (
     check_key_padding_mask,
@@ -106,7 +106,9 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
     part is done, and only if there is a global token, so that a caller who projects them then
     (:class:`PatchedLongformerSelfAttention`) does not hold them through the window's peak memory.
     """
-    any_global = bool(is_global.any())
+    # torch.export traces one program for every input: it cannot branch on whether this one
+    # has a global token, so it always takes the global part, with G = 0 global slots if none.
+    any_global = torch.compiler.is_exporting() or bool(is_global.any())
     # The window part never sees a global key: those come, once, in the global keys' part.
     hidden = (padding | is_global if padding is not None else is_global) if any_global else padding
     out, lse = attend(q, k, v, window, key_padding_mask=hidden, scale=scale, dilation=dilation, backend=backend)
@@ -121,7 +123,7 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
             out = out.index_put((batch, position), rows[used])  # the global rows replaced
         if padding is not None:
             out = torch.where(padding[:, :, None, None], 0.0, out)
-    return OutputCast.apply(out, q.dtype)
+    return cast_output(out, q.dtype)
 
 
 def _global_slots(is_global):
@@ -131,7 +133,12 @@ def _global_slots(is_global):
     order, then unused slots (``used`` False) that point at some other token.
     """
     B, L = is_global.shape
-    G = int(is_global.sum(dim=1).max())
+    # At least one slot: an exported program (which always takes the global part) then never
+    # reduces over an empty axis, which ONNX runtimes treat unlike torch. Under torch.export G is
+    # a traced number: the checks bound it.
+    G = is_global.sum(dim=1).max().clamp(min=1).item()
+    torch._check(G >= 1)
+    torch._check(G <= max(L, 1))
     position = torch.arange(L, device=is_global.device)
     order = torch.where(is_global, position, position + L)  # global tokens sort first, in order
     slots = order.argsort(dim=1)[:, :G]  # B x G
@@ -251,6 +258,8 @@ def patch_hf_longformer(model):
     layer keeps its ``attention_window``. Differences from Hugging Face's attention: attention
     dropout is refused in training mode (a ValueError at the forward, unless
     ``attention_probs_dropout_prob`` is 0), and so is ``output_attentions=True``.
+    Idempotent: layers patched already are left as they are, so patching a patched model again
+    is a no-op that returns it (code that patches whatever model it is handed may do so twice).
     Needs ``transformers`` (imported here, not by the package).
     """
     require("transformers", by=f"{__name__}.patch_hf_longformer")
@@ -266,8 +275,8 @@ def patch_hf_longformer(model):
         for name, child in parent.named_children()
         if isinstance(child, LongformerSelfAttention)
     ]
-    if not targets:
-        raise ValueError("model holds no LongformerSelfAttention module to patch")
+    if not targets and not any(isinstance(m, PatchedLongformerSelfAttention) for m in model.modules()):
+        raise ValueError("model holds no LongformerSelfAttention module to patch (nor a patched one)")
     for parent, name, child in targets:
         setattr(parent, name, PatchedLongformerSelfAttention(child))
     return model

@@ -3,16 +3,27 @@
 Imported only when that backend runs: importing this module imports triton. Whether the kernels
 run under Triton's interpreter is fixed here, when they are decorated (TRITON_INTERPRET=1).
 
-Three kernels, each over a grid (tiles, H, B):
+Three kernels, each over a grid (tiles, heads, B):
 
-* ``forward_kernel``: a query tile against its key tiles; online softmax; writes out and lse.
-* ``dq_kernel``: a query tile against the same key tiles; recomputes P from lse; writes dQ.
-* ``dkdv_kernel``: a key tile against the query tiles that see it; writes dK and dV.
+* ``forward_kernel``: a query tile of one query head against its key tiles (of the key/value
+  head it reads); online softmax; writes out and lse.
+* ``dq_kernel``: the same tiles again; recomputes P from lse; writes dQ.
+* ``dkdv_kernel``: a key tile of one key/value head against the query tiles that see it, for
+  each of the G query heads that read it in turn; writes dK and dV, sums over those G heads.
 
 Splitting dQ from dK/dV recomputes the scores once more but needs no atomic adds: each program
 owns the rows it writes, so the gradients are deterministic and float64 needs no atomics.
-Every loop bound comes from a span table (:func:`~swa_tutorial.backends.triton.launcher.span_table`):
-partial tiles first, then the full ones without a window mask, then partial ones again.
+Every loop bound comes from a span table (:func:`~swa_tutorial.core.tiling.span_table`). Each
+kernel runs its one loop helper over the three parts of its span: partial tiles, full tiles,
+partial tiles, with the constexpr MASKED false for the full ones, which then compute no window
+mask.
+
+What the helpers pass around, as tuples:
+
+* a *head*: (pointer, row stride, column stride, columns), one head of one batch row of a
+  [B, L, heads, n] tensor (:func:`_head`); ``kv`` is the pair of heads (k, v);
+* the *band*: (padding pointer, its stride, L, left, right), who may attend whom;
+* the *logits*: (scale, softcap) in the accumulation dtype, softcap 0 for none.
 """
 
 from __future__ import annotations
@@ -31,6 +42,12 @@ _EMULATE_BFLOAT16 = tl.constexpr(INTERPRETED)  # see _rounded
 
 
 @triton.jit
+def _head(ptr, strides, b, h, num_cols):
+    """Head h of batch row b of a [B, L, heads, n] tensor with these strides: a head (above)."""
+    return ptr + b * strides[0] + h * strides[2], strides[1], strides[3], num_cols
+
+
+@triton.jit
 def _span(spans_ptr, tile):
     """Row ``tile`` of a span table: (start, full_start, full_end, end), see key_tile_span."""
     row = spans_ptr + 4 * tile
@@ -38,17 +55,34 @@ def _span(spans_ptr, tile):
 
 
 @triton.jit
-def _load_rows(ptr, rows, cols, row_stride, col_stride, num_rows, num_cols):
-    """The [len(rows), len(cols)] tile at ``ptr`` (one head of one batch row), zeros outside.
+def _logits(logits_ptr):
+    """(scale, softcap), stored in the accumulation dtype."""
+    return tl.load(logits_ptr), tl.load(logits_ptr + 1)
+
+
+@triton.jit
+def _load_rows(head, rows, num_rows, BLOCK: tl.constexpr):
+    """Rows ``rows`` of a head: [len(rows), BLOCK], zeros outside its num_rows x columns.
 
     ``rows`` are int64 (rows * row_stride passes 2**31 once L H d does); so are the offsets.
     """
+    ptr, row_stride, col_stride, num_cols = head
+    cols = tl.arange(0, BLOCK)
     inside = (rows[:, None] < num_rows) & (cols[None, :] < num_cols)
-    offsets = rows[:, None] * row_stride + cols.to(tl.int64)[None, :] * col_stride
-    tile = tl.load(ptr + offsets, mask=inside, other=0.0)
+    tile = tl.load(ptr + rows[:, None] * row_stride + cols.to(tl.int64)[None, :] * col_stride, mask=inside, other=0.0)
     if _EMULATE_BFLOAT16 and tile.dtype == tl.bfloat16:
         tile = tile.to(tl.float32)  # exact; see _rounded
     return tile
+
+
+@triton.jit
+def _store_rows(head, rows, num_rows, tile, BLOCK: tl.constexpr):
+    """Store ``tile`` [len(rows), BLOCK], rounded to the head's dtype, in its rows inside num_rows x columns."""
+    ptr, row_stride, col_stride, num_cols = head
+    cols = tl.arange(0, BLOCK)
+    inside = (rows[:, None] < num_rows) & (cols[None, :] < num_cols)
+    offsets = rows[:, None] * row_stride + cols.to(tl.int64)[None, :] * col_stride
+    tl.store(ptr + offsets, _rounded(tile, ptr.dtype.element_ty), mask=inside)
 
 
 @triton.jit
@@ -69,13 +103,20 @@ def _rounded(x, dtype: tl.constexpr):
 
 
 @triton.jit
-def _allowed(queries, keys, pad_ptr, pad_stride, seq_len, left, right,
-             WINDOW_MASK: tl.constexpr, HAS_PADDING: tl.constexpr):
+def _tanh(x):
+    """tanh(x) = 1 - 2 / (exp(2x) + 1), in x's dtype: -1 and 1 at the ends, never NaN for finite
+    x; its error is absolute (a few units of roundoff), so the capped score's is softcap times that."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _allowed(queries, keys, band, MASKED: tl.constexpr, HAS_PADDING: tl.constexpr):
     """Which queries may attend which keys: bool [BLOCK_M, BLOCK_N] (window, sequence end and,
     with HAS_PADDING, padding), or [1, BLOCK_N] (padding only) for a full tile."""
+    pad_ptr, pad_stride, seq_len, left, right = band
     if HAS_PADDING:
         is_key = tl.load(pad_ptr + keys * pad_stride, mask=keys < seq_len, other=1)[None, :] == 0
-    if WINDOW_MASK:
+    if MASKED:
         rows = queries[:, None]
         cols = keys[None, :]
         allowed = (cols >= rows - left) & (cols <= rows + right) & (cols < seq_len) & (rows < seq_len)
@@ -87,247 +128,244 @@ def _allowed(queries, keys, pad_ptr, pad_stride, seq_len, left, right,
 
 
 @triton.jit
-def _scores(q, k, scale, queries, keys, pad_ptr, pad_stride, seq_len, left, right,
-            WINDOW_MASK: tl.constexpr, HAS_PADDING: tl.constexpr):
-    """scale * q k^T [BLOCK_M, BLOCK_N] in the accumulation dtype, -inf where a query may not look."""
+def _scores(q, k, queries, keys, band, logits, input_dtype: tl.constexpr,
+            MASKED: tl.constexpr, HAS_PADDING: tl.constexpr, SOFTCAP: tl.constexpr):
+    """The scores [BLOCK_M, BLOCK_N] in the accumulation dtype and, with SOFTCAP, the cap's slope.
+
+    s = scale q k^T; with SOFTCAP s -> softcap tanh(s / softcap), whose derivative 1 - tanh^2 is
+    the slope (taken before masking, so that it is finite where P is 0); then -inf where a query
+    may not look. Without SOFTCAP the slope is 1 and unused. For float32 inputs tanh runs in
+    float64, so that the capped scores are float32's to within rounding (_tanh's few units of
+    roundoff, times softcap, would be several times that); for half inputs the rounding of P to
+    their dtype dwarfs it.
+    """
+    scale, softcap = logits
     s = tl.dot(q, tl.trans(k), input_precision="ieee", out_dtype=scale.dtype) * scale
-    if WINDOW_MASK or HAS_PADDING:
-        allowed = _allowed(queries, keys, pad_ptr, pad_stride, seq_len, left, right, WINDOW_MASK, HAS_PADDING)
-        s = tl.where(allowed, s, float("-inf"))
-    return s
+    slope = 1.0
+    if SOFTCAP:
+        if input_dtype == tl.float32:
+            t = _tanh(s.to(tl.float64) / softcap).to(s.dtype)
+        else:
+            t = _tanh(s / softcap)
+        s = softcap * t
+        slope = 1.0 - t * t
+    if MASKED or HAS_PADDING:
+        s = tl.where(_allowed(queries, keys, band, MASKED, HAS_PADDING), s, float("-inf"))
+    return s, slope
 
 
 @triton.jit
-def _sees_a_key(queries, pad_ptr, pad_stride, seq_len, left, right, first, last,
-                HAS_PADDING: tl.constexpr, BLOCK_N: tl.constexpr):
+def _sees_a_key(queries, band, first, last, HAS_PADDING: tl.constexpr, BLOCK_N: tl.constexpr):
     """bool [BLOCK_M]: the query may attend at least one key of key tiles first .. last - 1."""
     sees = tl.zeros(queries.shape, dtype=tl.int32)
     for tile in range(first, last):
         keys = tile * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-        allowed = _allowed(queries, keys, pad_ptr, pad_stride, seq_len, left, right, True, HAS_PADDING)
+        allowed = _allowed(queries, keys, band, True, HAS_PADDING)
         sees = tl.maximum(sees, tl.max(allowed.to(tl.int32), 1))
     return sees > 0
 
 
 @triton.jit
-def _key_tile(q, queries, tile, k_ptr, v_ptr, pad_ptr, scale, seq_len, left, right, head_dim, value_dim,
-              sk_l, sk_d, sv_l, sv_d, sp_l, WINDOW_MASK: tl.constexpr, HAS_PADDING: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Key tile ``tile`` of a query tile's span: k [BLOCK_N, BLOCK_D], v [BLOCK_N, BLOCK_DV] and
-    the masked scores s [BLOCK_M, BLOCK_N]."""
+def _key_tile(q, queries, tile, kv, band, logits, MASKED: tl.constexpr, HAS_PADDING: tl.constexpr,
+              SOFTCAP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Key tile ``tile`` for a query tile: k [BLOCK_N, BLOCK_D], v [BLOCK_N, BLOCK_DV], the
+    masked scores s [BLOCK_M, BLOCK_N] and the cap's slope (see _scores)."""
     keys = tile * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    k = _load_rows(k_ptr, keys, tl.arange(0, BLOCK_D), sk_l, sk_d, seq_len, head_dim)
-    v = _load_rows(v_ptr, keys, tl.arange(0, BLOCK_DV), sv_l, sv_d, seq_len, value_dim)
-    s = _scores(q, k, scale, queries, keys, pad_ptr, sp_l, seq_len, left, right, WINDOW_MASK, HAS_PADDING)
-    return k, v, s
+    k = _load_rows(kv[0], keys, band[2], BLOCK_D)
+    v = _load_rows(kv[1], keys, band[2], BLOCK_DV)
+    s, slope = _scores(q, k, queries, keys, band, logits, kv[0][0].dtype.element_ty, MASKED, HAS_PADDING, SOFTCAP)
+    return k, v, s, slope
 
 
 @triton.jit
-def _forward_tiles(acc, row_max, row_sum, q, queries, k_ptr, v_ptr, pad_ptr, scale, first, last,
-                   seq_len, left, right, head_dim, value_dim, sk_l, sk_d, sv_l, sv_d, sp_l,
-                   WINDOW_MASK: tl.constexpr, HAS_PADDING: tl.constexpr,
+def _forward_tiles(state, q, queries, tiles, kv, band, logits,
+                   MASKED: tl.constexpr, HAS_PADDING: tl.constexpr, SOFTCAP: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Fold key tiles first .. last - 1 into the running (acc, row_max, row_sum) of a query tile."""
-    for tile in range(first, last):
-        k, v, s = _key_tile(q, queries, tile, k_ptr, v_ptr, pad_ptr, scale, seq_len, left, right, head_dim, value_dim,
-                            sk_l, sk_d, sv_l, sv_d, sp_l, WINDOW_MASK, HAS_PADDING, BLOCK_N, BLOCK_D, BLOCK_DV)
+    """Fold key tiles tiles[0] .. tiles[1] - 1 into a query tile's running state
+    (acc [BLOCK_M, BLOCK_DV], row_max [BLOCK_M], row_sum [BLOCK_M])."""
+    acc, row_max, row_sum = state
+    for tile in range(tiles[0], tiles[1]):
+        _, v, s, _ = _key_tile(q, queries, tile, kv, band, logits, MASKED, HAS_PADDING, SOFTCAP, BLOCK_N, BLOCK_D, BLOCK_DV)
         new_max = tl.maximum(row_max, tl.max(s, 1))
         # a row that has seen no key yet keeps max -inf; subtract 0 instead so exp gives 0, not NaN
         shift = tl.where(new_max == float("-inf"), 0.0, new_max)
         p = tl.exp(s - shift[:, None])  # BLOCK_M x BLOCK_N
         rescale = tl.exp(row_max - shift)
         row_sum = row_sum * rescale + tl.sum(p, 1)
-        acc = acc * rescale[:, None] + tl.dot(_rounded(p, v_ptr.dtype.element_ty), v, input_precision="ieee", out_dtype=acc.dtype)
+        p = _rounded(p, kv[1][0].dtype.element_ty)
+        acc = acc * rescale[:, None] + tl.dot(p, v, input_precision="ieee", out_dtype=acc.dtype)
         row_max = new_max
     return acc, row_max, row_sum
 
 
 @triton.jit
-def forward_kernel(q_ptr, k_ptr, v_ptr, pad_ptr, scale_ptr, spans_ptr, out_ptr, lse_ptr,
-                   seq_len, left, right, head_dim, value_dim,
-                   sq_b, sq_l, sq_h, sq_d, sk_b, sk_l, sk_h, sk_d, sv_b, sv_l, sv_h, sv_d, sp_b, sp_l,
-                   so_b, so_l, so_h, so_d, sl_b, sl_l, sl_h,
-                   HAS_PADDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+def forward_kernel(q_ptr, k_ptr, v_ptr, pad_ptr, logits_ptr, spans_ptr, out_ptr, lse_ptr, strides, sizes,
+                   HAS_PADDING: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Grid (query tiles, H, B). strides: those of q, k, v, the padding, out, lse; sizes: (L, left,
+    right, d, d_v, G), G = H / H_kv query heads per key/value head."""
     tile = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    q_ptr += b * sq_b + h * sq_h
-    k_ptr += b * sk_b + h * sk_h
-    v_ptr += b * sv_b + h * sv_h
-    pad_ptr += b * sp_b
-    scale = tl.load(scale_ptr)
+    q_s, k_s, v_s, pad_s, out_s, lse_s = strides
+    seq_len, left, right, head_dim, value_dim, group = sizes
+    band = (pad_ptr + b * pad_s[0], pad_s[1], seq_len, left, right)
+    kv = (_head(k_ptr, k_s, b, h // group, head_dim), _head(v_ptr, v_s, b, h // group, value_dim))
+    logits = _logits(logits_ptr)
     queries = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    q = _load_rows(q_ptr, queries, tl.arange(0, BLOCK_D), sq_l, sq_d, seq_len, head_dim)  # BLOCK_M x BLOCK_D
+    q = _load_rows(_head(q_ptr, q_s, b, h, head_dim), queries, seq_len, BLOCK_D)  # BLOCK_M x BLOCK_D
 
-    start, full_start, full_end, end = _span(spans_ptr, tile)
-    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=scale.dtype)
-    row_max = tl.full([BLOCK_M], float("-inf"), dtype=scale.dtype)
-    row_sum = tl.zeros([BLOCK_M], dtype=scale.dtype)
-    acc, row_max, row_sum = _forward_tiles(acc, row_max, row_sum, q, queries, k_ptr, v_ptr, pad_ptr, scale,
-                                           start, full_start, seq_len, left, right, head_dim, value_dim,
-                                           sk_l, sk_d, sv_l, sv_d, sp_l, True, HAS_PADDING, BLOCK_N, BLOCK_D, BLOCK_DV)
-    acc, row_max, row_sum = _forward_tiles(acc, row_max, row_sum, q, queries, k_ptr, v_ptr, pad_ptr, scale,
-                                           full_start, full_end, seq_len, left, right, head_dim, value_dim,
-                                           sk_l, sk_d, sv_l, sv_d, sp_l, False, HAS_PADDING, BLOCK_N, BLOCK_D, BLOCK_DV)
-    acc, row_max, row_sum = _forward_tiles(acc, row_max, row_sum, q, queries, k_ptr, v_ptr, pad_ptr, scale,
-                                           full_end, end, seq_len, left, right, head_dim, value_dim,
-                                           sk_l, sk_d, sv_l, sv_d, sp_l, True, HAS_PADDING, BLOCK_N, BLOCK_D, BLOCK_DV)
+    span = _span(spans_ptr, tile)
+    state = (tl.zeros([BLOCK_M, BLOCK_DV], dtype=logits[0].dtype), tl.full([BLOCK_M], float("-inf"), dtype=logits[0].dtype),
+             tl.zeros([BLOCK_M], dtype=logits[0].dtype))
+    for part in tl.static_range(3):  # partial tiles, full tiles (no window mask), partial tiles
+        state = _forward_tiles(state, q, queries, (span[part], span[part + 1]), kv, band, logits,
+                               part != 1, HAS_PADDING, SOFTCAP, BLOCK_N, BLOCK_D, BLOCK_DV)
+    acc, row_max, row_sum = state
 
     # A row whose maximum is still -inf has no key to attend (output 0, lse -inf), or scored -inf
     # against every key it may attend because of infinite inputs (output 0 / 0 = NaN, as dense
     # attention gives). Tell them apart only when such a row exists.
     blind = row_max == float("-inf")  # the rows past the sequence's end too
     if tl.max((blind & (queries < seq_len)).to(tl.int32), 0) > 0:
-        blind = blind & ~_sees_a_key(queries, pad_ptr, sp_l, seq_len, left, right, start, end, HAS_PADDING, BLOCK_N)
+        blind = blind & ~_sees_a_key(queries, band, span[0], span[3], HAS_PADDING, BLOCK_N)
     row_sum = tl.where(blind, 1.0, row_sum)
     out = tl.where(blind[:, None], 0.0, acc / row_sum[:, None])
     lse = tl.where(blind, float("-inf"), row_max + tl.log(row_sum))
-    value_dims = tl.arange(0, BLOCK_DV)
-    out_ptrs = out_ptr + b * so_b + h * so_h + queries[:, None] * so_l + value_dims[None, :] * so_d
-    tl.store(out_ptrs, out, mask=(queries[:, None] < seq_len) & (value_dims[None, :] < value_dim))
-    tl.store(lse_ptr + b * sl_b + h * sl_h + queries * sl_l, lse, mask=queries < seq_len)
+    _store_rows(_head(out_ptr, out_s, b, h, value_dim), queries, seq_len, out, BLOCK_DV)
+    tl.store(lse_ptr + b * lse_s[0] + h * lse_s[2] + queries * lse_s[1], lse, mask=queries < seq_len)
 
 
 @triton.jit
-def _dq_tiles(dq, q, do, lse, row_term, queries, k_ptr, v_ptr, pad_ptr, scale, first, last,
-              seq_len, left, right, head_dim, value_dim, sk_l, sk_d, sv_l, sv_d, sp_l,
-              WINDOW_MASK: tl.constexpr, HAS_PADDING: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Add to dq the part of dQ = dS K from key tiles first .. last - 1 (dS = P (dP - D))."""
-    for tile in range(first, last):
-        k, v, s = _key_tile(q, queries, tile, k_ptr, v_ptr, pad_ptr, scale, seq_len, left, right, head_dim, value_dim,
-                            sk_l, sk_d, sv_l, sv_d, sp_l, WINDOW_MASK, HAS_PADDING, BLOCK_N, BLOCK_D, BLOCK_DV)
-        p = tl.exp(s - lse[:, None])  # BLOCK_M x BLOCK_N, the forward's probabilities
-        dp = tl.dot(do, tl.trans(v), input_precision="ieee", out_dtype=dq.dtype)
-        ds = p * (dp - row_term[:, None])
-        dq += tl.dot(_rounded(ds, k_ptr.dtype.element_ty), k, input_precision="ieee", out_dtype=dq.dtype)
-    return dq
-
-
-@triton.jit
-def _load_query_rows(q_ptr, do_ptr, lse_ptr, row_term_ptr, queries, sq_l, sq_d, sd_l, sd_d, sl_l,
-                     seq_len, head_dim, value_dim, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """q, dO (in q's dtype, for tl.dot), lse and D of a query tile.
+def _query_rows(q, do, stats, queries, seq_len, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """q, dO (in q's dtype, for tl.dot), lse and D of a query tile; ``stats`` = (lse pointer,
+    D pointer, row stride) of one head.
 
     lse is +inf for a query with no key (lse -inf) and beyond the sequence, so its P = exp(s - lse)
     is 0 there, never exp(-inf + inf) = NaN.
     """
-    q = _load_rows(q_ptr, queries, tl.arange(0, BLOCK_D), sq_l, sq_d, seq_len, head_dim)
-    do = _load_rows(do_ptr, queries, tl.arange(0, BLOCK_DV), sd_l, sd_d, seq_len, value_dim)
-    do = _rounded(do, q_ptr.dtype.element_ty)
-    lse = tl.load(lse_ptr + queries * sl_l, mask=queries < seq_len, other=float("inf"))
+    lse_ptr, row_term_ptr, row_stride = stats
+    q_tile = _load_rows(q, queries, seq_len, BLOCK_D)
+    do_tile = _rounded(_load_rows(do, queries, seq_len, BLOCK_DV), q[0].dtype.element_ty)
+    lse = tl.load(lse_ptr + queries * row_stride, mask=queries < seq_len, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    row_term = tl.load(row_term_ptr + queries * sl_l, mask=queries < seq_len, other=0.0)
-    return q, do, lse, row_term
+    row_term = tl.load(row_term_ptr + queries * row_stride, mask=queries < seq_len, other=0.0)
+    return q_tile, do_tile, lse, row_term
 
 
 @triton.jit
-def dq_kernel(q_ptr, k_ptr, v_ptr, pad_ptr, scale_ptr, spans_ptr, do_ptr, lse_ptr, row_term_ptr, dq_ptr,
-              seq_len, left, right, head_dim, value_dim,
-              sq_b, sq_l, sq_h, sq_d, sk_b, sk_l, sk_h, sk_d, sv_b, sv_l, sv_h, sv_d, sp_b, sp_l,
-              sd_b, sd_l, sd_h, sd_d, sl_b, sl_l, sl_h, sg_b, sg_l, sg_h, sg_d,
-              HAS_PADDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+def _score_gradient(p, dp, row_term, slope, SOFTCAP: tl.constexpr):
+    """dS = P (dP - D), the gradient of the (uncapped) scores: times the cap's slope with SOFTCAP."""
+    ds = p * (dp - row_term[:, None])
+    if SOFTCAP:
+        ds = ds * slope
+    return ds
+
+
+@triton.jit
+def _dq_tiles(dq, rows, queries, tiles, kv, band, logits,
+              MASKED: tl.constexpr, HAS_PADDING: tl.constexpr, SOFTCAP: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Add to dq [BLOCK_M, BLOCK_D] the part of dS K from key tiles tiles[0] .. tiles[1] - 1;
+    ``rows`` = (q, dO, lse, D) of the query tile."""
+    q, do, lse, row_term = rows
+    for tile in range(tiles[0], tiles[1]):
+        k, v, s, slope = _key_tile(q, queries, tile, kv, band, logits, MASKED, HAS_PADDING, SOFTCAP, BLOCK_N, BLOCK_D, BLOCK_DV)
+        p = tl.exp(s - lse[:, None])  # BLOCK_M x BLOCK_N, the forward's probabilities
+        dp = tl.dot(do, tl.trans(v), input_precision="ieee", out_dtype=dq.dtype)
+        ds = _rounded(_score_gradient(p, dp, row_term, slope, SOFTCAP), kv[0][0].dtype.element_ty)
+        dq += tl.dot(ds, k, input_precision="ieee", out_dtype=dq.dtype)
+    return dq
+
+
+@triton.jit
+def dq_kernel(q_ptr, k_ptr, v_ptr, pad_ptr, logits_ptr, spans_ptr, do_ptr, lse_ptr, row_term_ptr, dq_ptr, strides, sizes,
+              HAS_PADDING: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Grid (query tiles, H, B). strides: those of q, k, v, the padding, dO, lse (and D), dq;
+    sizes as in forward_kernel."""
     tile = tl.program_id(0)
     h = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    k_ptr += b * sk_b + h * sk_h
-    v_ptr += b * sv_b + h * sv_h
-    pad_ptr += b * sp_b
-    scale = tl.load(scale_ptr)
+    q_s, k_s, v_s, pad_s, do_s, lse_s, dq_s = strides
+    seq_len, left, right, head_dim, value_dim, group = sizes
+    band = (pad_ptr + b * pad_s[0], pad_s[1], seq_len, left, right)
+    kv = (_head(k_ptr, k_s, b, h // group, head_dim), _head(v_ptr, v_s, b, h // group, value_dim))
+    logits = _logits(logits_ptr)
     queries = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    q, do, lse, row_term = _load_query_rows(q_ptr + b * sq_b + h * sq_h, do_ptr + b * sd_b + h * sd_h,
-                                            lse_ptr + b * sl_b + h * sl_h, row_term_ptr + b * sl_b + h * sl_h,
-                                            queries, sq_l, sq_d, sd_l, sd_d, sl_l, seq_len, head_dim, value_dim,
-                                            BLOCK_D, BLOCK_DV)
+    stats = (lse_ptr + b * lse_s[0] + h * lse_s[2], row_term_ptr + b * lse_s[0] + h * lse_s[2], lse_s[1])
+    rows = _query_rows(_head(q_ptr, q_s, b, h, head_dim), _head(do_ptr, do_s, b, h, value_dim), stats,
+                       queries, seq_len, BLOCK_D, BLOCK_DV)
 
-    start, full_start, full_end, end = _span(spans_ptr, tile)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=scale.dtype)
-    dq = _dq_tiles(dq, q, do, lse, row_term, queries, k_ptr, v_ptr, pad_ptr, scale, start, full_start,
-                   seq_len, left, right, head_dim, value_dim, sk_l, sk_d, sv_l, sv_d, sp_l,
-                   True, HAS_PADDING, BLOCK_N, BLOCK_D, BLOCK_DV)
-    dq = _dq_tiles(dq, q, do, lse, row_term, queries, k_ptr, v_ptr, pad_ptr, scale, full_start, full_end,
-                   seq_len, left, right, head_dim, value_dim, sk_l, sk_d, sv_l, sv_d, sp_l,
-                   False, HAS_PADDING, BLOCK_N, BLOCK_D, BLOCK_DV)
-    dq = _dq_tiles(dq, q, do, lse, row_term, queries, k_ptr, v_ptr, pad_ptr, scale, full_end, end,
-                   seq_len, left, right, head_dim, value_dim, sk_l, sk_d, sv_l, sv_d, sp_l,
-                   True, HAS_PADDING, BLOCK_N, BLOCK_D, BLOCK_DV)
-
-    dims = tl.arange(0, BLOCK_D)
-    dq_ptrs = dq_ptr + b * sg_b + h * sg_h + queries[:, None] * sg_l + dims[None, :] * sg_d
-    tl.store(dq_ptrs, _rounded(dq * scale, dq_ptr.dtype.element_ty),
-             mask=(queries[:, None] < seq_len) & (dims[None, :] < head_dim))
+    span = _span(spans_ptr, tile)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=logits[0].dtype)
+    for part in tl.static_range(3):  # partial tiles, full tiles (no window mask), partial tiles
+        dq = _dq_tiles(dq, rows, queries, (span[part], span[part + 1]), kv, band, logits,
+                       part != 1, HAS_PADDING, SOFTCAP, BLOCK_N, BLOCK_D, BLOCK_DV)
+    _store_rows(_head(dq_ptr, dq_s, b, h, head_dim), queries, seq_len, dq * logits[0], BLOCK_D)
 
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, keys, q_ptr, do_ptr, lse_ptr, row_term_ptr, pad_ptr, scale, first, last,
-                seq_len, left, right, head_dim, value_dim, sq_l, sq_d, sd_l, sd_d, sl_l, sp_l,
-                WINDOW_MASK: tl.constexpr, HAS_PADDING: tl.constexpr,
+def _dkdv_tiles(grads, k, v, keys, tiles, q, do, stats, band, logits,
+                MASKED: tl.constexpr, HAS_PADDING: tl.constexpr, SOFTCAP: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Add to dk, dv the parts of dK = dS^T Q and dV = P^T dO from query tiles first .. last - 1."""
-    for tile in range(first, last):
+    """Add to grads = (dk, dv) the parts of dS^T Q and P^T dO from query tiles tiles[0] ..
+    tiles[1] - 1 of one query head (q, dO heads and its lse, D ``stats``)."""
+    dk, dv = grads
+    seq_len = band[2]
+    for tile in range(tiles[0], tiles[1]):
         queries = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        q, do, lse, row_term = _load_query_rows(q_ptr, do_ptr, lse_ptr, row_term_ptr, queries, sq_l, sq_d,
-                                                sd_l, sd_d, sl_l, seq_len, head_dim, value_dim, BLOCK_D, BLOCK_DV)
-        s = _scores(q, k, scale, queries, keys, pad_ptr, sp_l, seq_len, left, right, WINDOW_MASK, HAS_PADDING)
+        q_tile, do_tile, lse, row_term = _query_rows(q, do, stats, queries, seq_len, BLOCK_D, BLOCK_DV)
+        s, slope = _scores(q_tile, k, queries, keys, band, logits, q[0].dtype.element_ty, MASKED, HAS_PADDING, SOFTCAP)
         p = tl.exp(s - lse[:, None])  # BLOCK_M x BLOCK_N
-        dv += tl.dot(tl.trans(_rounded(p, q_ptr.dtype.element_ty)), do, input_precision="ieee", out_dtype=dv.dtype)
-        dp = tl.dot(do, tl.trans(v), input_precision="ieee", out_dtype=dk.dtype)
-        ds = p * (dp - row_term[:, None])
-        dk += tl.dot(tl.trans(_rounded(ds, q_ptr.dtype.element_ty)), q, input_precision="ieee", out_dtype=dk.dtype)
+        dtype = q[0].dtype.element_ty
+        dv += tl.dot(tl.trans(_rounded(p, dtype)), do_tile, input_precision="ieee", out_dtype=dv.dtype)
+        dp = tl.dot(do_tile, tl.trans(v), input_precision="ieee", out_dtype=dk.dtype)
+        ds = _rounded(_score_gradient(p, dp, row_term, slope, SOFTCAP), dtype)
+        dk += tl.dot(tl.trans(ds), q_tile, input_precision="ieee", out_dtype=dk.dtype)
     return dk, dv
 
 
 @triton.jit
-def dkdv_kernel(q_ptr, k_ptr, v_ptr, pad_ptr, scale_ptr, spans_ptr, do_ptr, lse_ptr, row_term_ptr, dk_ptr, dv_ptr,
-                seq_len, left, right, head_dim, value_dim,
-                sq_b, sq_l, sq_h, sq_d, sk_b, sk_l, sk_h, sk_d, sv_b, sv_l, sv_h, sv_d, sp_b, sp_l,
-                sd_b, sd_l, sd_h, sd_d, sl_b, sl_l, sl_h, sg_b, sg_l, sg_h, sg_d, sw_b, sw_l, sw_h, sw_d,
-                HAS_PADDING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+def dkdv_kernel(q_ptr, k_ptr, v_ptr, pad_ptr, logits_ptr, spans_ptr, do_ptr, lse_ptr, row_term_ptr, dk_ptr, dv_ptr,
+                strides, sizes, HAS_PADDING: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Grid (key tiles, H_kv, B). strides: those of q, k, v, the padding, dO, lse (and D), dk, dv;
+    sizes as in forward_kernel. The G query heads of the key/value head in turn, in order."""
     tile = tl.program_id(0)
-    h = tl.program_id(1).to(tl.int64)
+    h_kv = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    q_ptr += b * sq_b + h * sq_h
-    do_ptr += b * sd_b + h * sd_h
-    lse_ptr += b * sl_b + h * sl_h
-    row_term_ptr += b * sl_b + h * sl_h
-    pad_ptr += b * sp_b
-    scale = tl.load(scale_ptr)
+    q_s, k_s, v_s, pad_s, do_s, lse_s, dk_s, dv_s = strides
+    seq_len, left, right, head_dim, value_dim, group = sizes
+    band = (pad_ptr + b * pad_s[0], pad_s[1], seq_len, left, right)
+    logits = _logits(logits_ptr)
     keys = tile * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
-    dims = tl.arange(0, BLOCK_D)
-    value_dims = tl.arange(0, BLOCK_DV)
-    k = _load_rows(k_ptr + b * sk_b + h * sk_h, keys, dims, sk_l, sk_d, seq_len, head_dim)  # BLOCK_N x BLOCK_D
-    v = _load_rows(v_ptr + b * sv_b + h * sv_h, keys, value_dims, sv_l, sv_d, seq_len, value_dim)
+    k = _load_rows(_head(k_ptr, k_s, b, h_kv, head_dim), keys, seq_len, BLOCK_D)  # BLOCK_N x BLOCK_D
+    v = _load_rows(_head(v_ptr, v_s, b, h_kv, value_dim), keys, seq_len, BLOCK_DV)
 
-    start, full_start, full_end, end = _span(spans_ptr, tile)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=scale.dtype)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=scale.dtype)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, keys, q_ptr, do_ptr, lse_ptr, row_term_ptr, pad_ptr, scale, start, full_start,
-                         seq_len, left, right, head_dim, value_dim, sq_l, sq_d, sd_l, sd_d, sl_l, sp_l,
-                         True, HAS_PADDING, BLOCK_M, BLOCK_D, BLOCK_DV)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, keys, q_ptr, do_ptr, lse_ptr, row_term_ptr, pad_ptr, scale, full_start, full_end,
-                         seq_len, left, right, head_dim, value_dim, sq_l, sq_d, sd_l, sd_d, sl_l, sp_l,
-                         False, HAS_PADDING, BLOCK_M, BLOCK_D, BLOCK_DV)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, keys, q_ptr, do_ptr, lse_ptr, row_term_ptr, pad_ptr, scale, full_end, end,
-                         seq_len, left, right, head_dim, value_dim, sq_l, sq_d, sd_l, sd_d, sl_l, sp_l,
-                         True, HAS_PADDING, BLOCK_M, BLOCK_D, BLOCK_DV)
-
-    dk_ptrs = dk_ptr + b * sg_b + h * sg_h + keys[:, None] * sg_l + dims[None, :] * sg_d
-    tl.store(dk_ptrs, _rounded(dk * scale, dk_ptr.dtype.element_ty),
-             mask=(keys[:, None] < seq_len) & (dims[None, :] < head_dim))
-    dv_ptrs = dv_ptr + b * sw_b + h * sw_h + keys[:, None] * sw_l + value_dims[None, :] * sw_d
-    tl.store(dv_ptrs, _rounded(dv, dv_ptr.dtype.element_ty),
-             mask=(keys[:, None] < seq_len) & (value_dims[None, :] < value_dim))
+    span = _span(spans_ptr, tile)
+    grads = (tl.zeros([BLOCK_N, BLOCK_D], dtype=logits[0].dtype), tl.zeros([BLOCK_N, BLOCK_DV], dtype=logits[0].dtype))
+    for h in range(h_kv * group, (h_kv + 1) * group):
+        q, do = _head(q_ptr, q_s, b, h, head_dim), _head(do_ptr, do_s, b, h, value_dim)
+        stats = (lse_ptr + b * lse_s[0] + h * lse_s[2], row_term_ptr + b * lse_s[0] + h * lse_s[2], lse_s[1])
+        for part in tl.static_range(3):  # partial tiles, full tiles (no window mask), partial tiles
+            grads = _dkdv_tiles(grads, k, v, keys, (span[part], span[part + 1]), q, do, stats, band, logits,
+                                part != 1, HAS_PADDING, SOFTCAP, BLOCK_M, BLOCK_D, BLOCK_DV)
+    dk, dv = grads
+    _store_rows(_head(dk_ptr, dk_s, b, h_kv, head_dim), keys, seq_len, dk * logits[0], BLOCK_D)
+    _store_rows(_head(dv_ptr, dv_s, b, h_kv, value_dim), keys, seq_len, dv, BLOCK_DV)
 
 
 def _padding(q, mask):
-    """The key padding mask as bytes (1 = padding) and its strides; q stands in when there is none."""
+    """The key padding mask as int32 (1 = padding) and its strides; q stands in when there is none.
+
+    Not as bytes: Triton 3.6 fails to compile the float64 kernels (an assertion in its MMAv2
+    lowering, seen on an H200) when the mask's tiles are int8.
+    """
     if mask is None:
-        return q, 0, 0
-    mask = mask.view(torch.uint8)
-    return (mask, *mask.stride())
+        return q, (0, 0)
+    mask = mask.to(torch.int32)
+    return mask, mask.stride()
 
 
 def _dims(q, v):
@@ -335,21 +373,29 @@ def _dims(q, v):
     return max(16, triton.next_power_of_2(q.shape[-1])), max(16, triton.next_power_of_2(v.shape[-1]))
 
 
+def _constants(q, v, problem):
+    """The constexpr keywords and launch options every kernel takes."""
+    block_m, block_n, num_warps, num_stages = problem.blocks
+    block_d, block_dv = _dims(q, v)
+    return dict(HAS_PADDING=problem.mask is not None, SOFTCAP=problem.softcap > 0, BLOCK_M=block_m,
+                BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=num_warps, num_stages=num_stages)
+
+
+def _sizes(q, k, v, problem):
+    """(L, left, right, d, d_v, G), G = H / H_kv."""
+    return (q.shape[1], problem.left, problem.right, q.shape[-1], v.shape[-1], q.shape[2] // k.shape[2])
+
+
 def forward(q, k, v, problem):
     """out [B, L, H, d_v] and lse [B, L, H], both in the accumulation dtype."""
     B, L, H, d = q.shape
     out = torch.empty(B, L, H, v.shape[-1], dtype=problem.acc_dtype, device=q.device)
     lse = torch.empty(B, L, H, dtype=problem.acc_dtype, device=q.device)
-    block_m, block_n, num_warps, num_stages = problem.blocks
-    block_d, block_dv = _dims(q, v)
-    pad = _padding(q, problem.mask)
-    forward_kernel[(triton.cdiv(L, block_m), H, B)](
-        q, k, v, pad[0], problem.scale, problem.query_spans, out, lse,
-        L, problem.left, problem.right, d, v.shape[-1],
-        *q.stride(), *k.stride(), *v.stride(), *pad[1:], *out.stride(), *lse.stride(),
-        HAS_PADDING=problem.mask is not None,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        num_warps=num_warps, num_stages=num_stages,
+    pad, pad_strides = _padding(q, problem.mask)
+    strides = (q.stride(), k.stride(), v.stride(), pad_strides, out.stride(), lse.stride())
+    forward_kernel[(triton.cdiv(L, problem.blocks[0]), H, B)](
+        q, k, v, pad, problem.logits, problem.query_spans, out, lse, strides, _sizes(q, k, v, problem),
+        **_constants(q, v, problem),
     )
     return out, lse
 
@@ -360,21 +406,16 @@ def backward(q, k, v, grad_out, lse, row_term, problem):
     grad_out: [B, L, H, d_v]; lse, row_term: contiguous [B, L, H], the accumulation dtype.
     """
     B, L, H, d = q.shape
-    dq, dk = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
-    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-    block_m, block_n, num_warps, num_stages = problem.blocks
-    block_d, block_dv = _dims(q, v)
-    pad = _padding(q, problem.mask)
-    common = dict(HAS_PADDING=problem.mask is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                  BLOCK_DV=block_dv, num_warps=num_warps, num_stages=num_stages)
-    inputs = (q, k, v, pad[0], problem.scale)
-    sizes = (L, problem.left, problem.right, d, v.shape[-1])
-    strides = (*q.stride(), *k.stride(), *v.stride(), *pad[1:], *grad_out.stride(), *lse.stride())
-    dq_kernel[(triton.cdiv(L, block_m), H, B)](
-        *inputs, problem.query_spans, grad_out, lse, row_term, dq, *sizes, *strides, *dq.stride(), **common
+    dq, dk, dv = (torch.empty(x.shape, dtype=x.dtype, device=x.device) for x in (q, k, v))
+    pad, pad_strides = _padding(q, problem.mask)
+    inputs = (q, k, v, pad, problem.logits)
+    strides = (q.stride(), k.stride(), v.stride(), pad_strides, grad_out.stride(), lse.stride())
+    sizes, constants = _sizes(q, k, v, problem), _constants(q, v, problem)
+    dq_kernel[(triton.cdiv(L, problem.blocks[0]), H, B)](
+        *inputs, problem.query_spans, grad_out, lse, row_term, dq, (*strides, dq.stride()), sizes, **constants
     )
-    dkdv_kernel[(triton.cdiv(L, block_n), H, B)](
-        *inputs, problem.key_spans, grad_out, lse, row_term, dk, dv, *sizes, *strides, *dk.stride(), *dv.stride(),
-        **common,
+    dkdv_kernel[(triton.cdiv(L, problem.blocks[1]), k.shape[2], B)](
+        *inputs, problem.key_spans, grad_out, lse, row_term, dk, dv, (*strides, dk.stride(), dv.stride()), sizes,
+        **constants,
     )
     return dq, dk, dv

@@ -12,8 +12,15 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from swa_tutorial.core.windows import key_offsets
 from swa_tutorial.reference import dense_attention, dense_band_mask
-from swa_tutorial.steps.chunks import chunk, merge_heads, num_chunks, padded_length, split_heads
+from swa_tutorial.steps.chunks import (
+    chunk,
+    merge_heads,
+    num_chunks,
+    padded_length,
+    split_heads,
+)
 from swa_tutorial.tutorial.exercises.framework import (
     Case,
     Compare,
@@ -58,15 +65,10 @@ def _dense_band_mask() -> Iterator[Case]:
                        same_tensor(("query", "key")))
 
 
-def _offsets(L: int) -> torch.Tensor:
-    """j - i for every query i (rows) and key j (columns): int [L, L]."""
-    return torch.arange(L)[None, :] - torch.arange(L)[:, None]
-
-
 DENSE_BAND_MASK = (
-    Suspect(lambda L, w: _offsets(L).abs() < w, "|i - j| < w: the keys exactly w away belong to the band too"),
-    Suspect(lambda L, w: _offsets(L) <= w, "only j - i <= w: the band has two sides, |i - j| <= w"),
-    Suspect(lambda L, w: _offsets(L) >= -w, "only i - j <= w: the band has two sides, |i - j| <= w"),
+    Suspect(lambda L, w: key_offsets(L).abs() < w, "|i - j| < w: the keys exactly w away belong to the band too"),
+    Suspect(lambda L, w: key_offsets(L) <= w, "only j - i <= w: the band has two sides, |i - j| <= w"),
+    Suspect(lambda L, w: key_offsets(L) >= -w, "only i - j <= w: the band has two sides, |i - j| <= w"),
 )
 
 # ---------------------------------------------------------------------------------------------

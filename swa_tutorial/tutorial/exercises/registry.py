@@ -7,6 +7,7 @@ import textwrap
 from swa_tutorial.tutorial.exercises import (
     band_and_layer,
     dense_and_chunks,
+    real_models,
     tiles_and_shards,
     windows_and_longformer,
 )
@@ -14,7 +15,7 @@ from swa_tutorial.tutorial.exercises.framework import WIDTH, Exercise, run
 
 EXERCISES: dict[str, Exercise] = {
     e.name: e
-    for module in (dense_and_chunks, band_and_layer, windows_and_longformer, tiles_and_shards)
+    for module in (dense_and_chunks, band_and_layer, windows_and_longformer, tiles_and_shards, real_models)
     for e in module.EXERCISES
 }
 

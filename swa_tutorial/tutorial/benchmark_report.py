@@ -1,11 +1,11 @@
 """The committed benchmark files read as tables: what the benchmarks chapter and its appendix print.
 
 A *run* is one JSON file written by ``python -m swa_tutorial.bench`` (schema
-:data:`swa_tutorial.bench.sweeps.SCHEMA`): its ``provenance`` (machine, software, commit, load),
+``swa_tutorial.bench.sweeps.SCHEMA``): its ``provenance`` (machine, software, commit, load),
 its ``config`` (B, H, d, w, lengths, implementations, dtypes, modes) and one ``result`` per
 configuration (status, median and IQR of the times, every timing, peak memory). Every function
 here reads runs and returns text or numbers; none times anything. Two implementations are
-compared only within one run, by :func:`swa_tutorial.bench.compare`: the ratio of the medians and
+compared only within one run, by ``swa_tutorial.bench.compare``: the ratio of the medians and
 the range the quartiles allow, "~" when that range contains 1 (within noise).
 """
 

@@ -1,26 +1,39 @@
-"""The exercises of chapters 16 to 18: tiles, the fused kernel, a sequence over several devices."""
+"""The exercises of chapters 16 to 19: tiles, the fused kernel, a sequence over several devices, and
+reading the benchmark files (whose cases come from the committed files in the repository's
+``book/data``).
+
+Each exercise lists typical wrong computations (:class:`~.framework.Suspect`): when an answer's
+result equals one, ``check`` names the mistake as the likely cause.
+"""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import itertools
+from pathlib import Path
 from typing import Iterator
 
 import torch
 
+from swa_tutorial.bench import compare
 from swa_tutorial.core.softmax import masked_softmax
-from swa_tutorial.core.tiling import key_tile_span
+from swa_tutorial.core.tiling import key_tile_span, span_table
 from swa_tutorial.core.windows import window_mask
 from swa_tutorial.distributed import halo_bytes, halo_plan, shard_starts
 from swa_tutorial.steps import online_softmax
 from swa_tutorial.steps.labels import labelled_qkv
+from swa_tutorial.tutorial.benchmark_report import by_impl, crossover, load_runs
 from swa_tutorial.tutorial.exercises.framework import (
     Case,
     Compare,
     Exercise,
+    Suspect,
     pair_of_ints,
     randn,
     same_tensor,
 )
+from swa_tutorial.tutorial.exercises.windows_and_longformer import prediction_cases, prediction_suspect
 
 # ---------------------------------------------------------------------------------------------
 # From chunks to tiles, and the fused kernel.
@@ -143,6 +156,75 @@ def _tile_backward() -> Iterator[Case]:
     yield _tile_backward_case(*randn(3, 6, 2, seed=4), allowed, 2.0, 5, "random, query 3 sees no key")
 
 
+def _backward_with(q, k, v, allowed, out, lse, grad_out, grad_lse, scale, *, lse_term=True, masked=True,
+                   scaled=True):
+    """dq, dk, dv of one tile as the chapter derives them, or with one of its steps left out."""
+    lse = torch.where(lse == float("-inf"), float("inf"), lse)  # a query without keys: P = 0
+    p = torch.exp(scale * q @ k.T - lse[:, None])
+    p = p.masked_fill(~allowed, 0.0) if masked else p
+    row_term = (grad_out * out).sum(dim=1) - (grad_lse if lse_term else 0)  # D
+    ds = p * (grad_out @ v.T - row_term[:, None])
+    factor = scale if scaled else 1.0
+    return factor * ds @ k, factor * ds.T @ q, p.T @ grad_out
+
+
+TILE_BACKWARD = (
+    Suspect(lambda *args: _backward_with(*args, lse_term=False),
+            "D = dO . o - dlse: the log-sum-exp is an output too, and its gradient adds p dlse to ds"),
+    Suspect(lambda *args: _backward_with(*args, masked=False),
+            "P is 0 outside the window: exp(s - lse) of a key the query may not attend must be set to 0"),
+    Suspect(lambda *args: _backward_with(*args, scaled=False) if args[-1] != 1 else None,
+            "s = scale q . k, so dQ = scale dS K and dK = scale dS^T Q"),
+)
+
+# ---------------------------------------------------------------------------------------------
+# Exercise 17.2: the kernel's tile products, predicted.
+
+PREDICTED_KERNEL = 64, (20, 0), 16  # L, the window, the tile size (the chapter's causal example)
+
+
+def tile_products(function: str) -> int:
+    """The matrix products one visit of a loop of the Triton kernels makes, read off their source (the
+    module is parsed, not imported, so no triton is needed): its ``tl.dot`` calls, and those of the
+    helpers it calls that compute the scores (``_key_tile``, which calls ``_scores``)."""
+    source = Path(importlib.util.find_spec("swa_tutorial.backends.triton.kernels").origin).read_text()
+    functions = {f.name: f for f in ast.walk(ast.parse(source)) if isinstance(f, ast.FunctionDef)}
+    calls = [ast.unparse(c.func) for c in ast.walk(functions[function]) if isinstance(c, ast.Call)]
+    helpers = [name for name in calls if name in ("_key_tile", "_scores")]
+    return calls.count("tl.dot") + sum(tile_products(helper) for helper in helpers)
+
+
+def _kernel_products_expected() -> dict:
+    L, (left, right), size = PREDICTED_KERNEL
+    cpu = torch.device("cpu")
+    forward = span_table(L, left, right, size, size, cpu)  # query tiles' key tiles
+    keys = span_table(L, right, left, size, size, cpu)  # key tiles' query tiles
+    visits = int((forward[:, 3] - forward[:, 0]).sum())
+    key_visits = int((keys[:, 3] - keys[:, 0]).sum())
+    return {"tiles_visited": visits, "forward_products": visits * tile_products("_forward_tiles"),
+            "backward_products": visits * tile_products("_dq_tiles") + key_visits * tile_products("_dkdv_tiles")}
+
+
+def _kernel_products() -> Iterator[Case]:
+    return prediction_cases("kernel_products", _kernel_products_expected(),
+                            "span_table(64, 20, 0, 16, 16) and the tl.dot calls of the kernels' loops")
+
+
+KERNEL_PRODUCTS = (
+    prediction_suspect("tiles_visited", 16, "the kernel visits only the key tiles of each query tile's span, "
+                                         "start .. end - 1 of the span table"),
+    prediction_suspect("tiles_visited", 10, "the tiles of a causal window reach back only: query tile I visits "
+                                         "the key tiles start .. end - 1 of its row, none after its own"),
+    prediction_suspect("forward_products", 9, "two products per visited tile: the scores Q K^T and P V"),
+    prediction_suspect("backward_products", 45, "that is FlashAttention-2's five per tile: this kernel computes S "
+                                             "and dP = dO V^T in both passes, 3 + 4 = 7"),
+    prediction_suspect("backward_products", 36, "the four products the gradients need: each pass also recomputes "
+                                             "S = Q K^T, 3 + 4 = 7 per tile"),
+    prediction_suspect("backward_products", 27, "the dK, dV pass visits the tiles too, with 4 products each, "
+                                             "besides the dQ pass's 3"),
+)
+
+
 def _halo_cases(empty_shards: bool) -> Iterator[tuple[list[int], tuple[int, int]]]:
     shards = [[4, 4], [3, 2, 3, 4], [1, 1, 1, 1, 1], [2, 9, 2]] + ([[5, 0, 2, 7]] if empty_shards else [])
     for lengths in shards:
@@ -209,6 +291,103 @@ def _halo_bytes_sent() -> Iterator[Case]:
                    expected, _bytes_sent_compare(lengths, window, 20), "halo_bytes")
 
 
+# ---------------------------------------------------------------------------------------------
+# Chapter 19: reading the benchmark files.
+
+BENCHMARK_DATA = Path(__file__).resolve().parents[3] / "book" / "data"  # the committed runs
+PREDICTED_SDPA = 65536, {"bfloat16": 3, "float32": 5}  # Exercise 19.1: L, and the masks' bytes per L^2
+
+
+def _runs() -> dict:
+    if not BENCHMARK_DATA.is_dir():
+        raise FileNotFoundError(f"the committed benchmark files are not at {BENCHMARK_DATA}: run this exercise "
+                                "in a checkout of the repository")
+    return load_runs(BENCHMARK_DATA)
+
+
+def _close_mib(expected: float, got) -> str | None:
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        return f"got {got!r}, expected a number of MiB"
+    if abs(got - expected) > 1e-3 * expected:
+        return f"got {got:.0f} MiB, the run measured {expected:.0f} MiB ({got / expected:.3f} times that)"
+    return None
+
+
+def _sdpa_memory() -> Iterator[Case]:
+    L = PREDICTED_SDPA[0]
+    for dtype in PREDICTED_SDPA[1]:
+        measured = by_impl(_runs()[f"gpu-{dtype}-fwd.json"], dtype)["dense_sdpa", L]["memory_bytes"] / 2**20
+        yield Case(f'sdpa_memory["{dtype}_mib"]', (f"{dtype}_mib",), measured, _close_mib,
+                   f"the peak memory of dense_sdpa at L = {L} in gpu-{dtype}-fwd.json")
+
+
+def _mib(L: int, mask_bytes: int, output_bytes: int) -> float:
+    """Masks of ``mask_bytes`` per L^2, and the output [1, L, 12, 64] of ``output_bytes`` a number."""
+    return (mask_bytes * L * L + L * 12 * 64 * output_bytes) / 2**20
+
+
+SDPA_MEMORY = tuple(
+    prediction_suspect(k, value, cause)
+    for k, value, cause in [
+        ("bfloat16_mib", _mib(65536, 3, 0), "the masks alone: the call also allocates its output [B, L, H, d]"),
+        ("bfloat16_mib", _mib(65536, 5, 2), "5 L^2 is float32's: the additive mask has the input's dtype, 2 bytes "
+                                            "a number in bfloat16, and the bool mask 1"),
+        ("bfloat16_mib", _mib(65536, 1, 2), "the bool mask alone: SDPA makes an additive copy of it in the input's "
+                                            "dtype inside the call"),
+        ("float32_mib", _mib(65536, 5, 0), "the masks alone: the call also allocates its output [B, L, H, d]"),
+        ("float32_mib", _mib(65536, 3, 4), "the additive mask has the input's dtype, 4 bytes a number in float32: "
+                                           "5 L^2 with the bool mask"),
+    ])
+
+
+def _same_length(expected, got) -> str | None:
+    if isinstance(got, bool) or not isinstance(got, int):
+        return f"got {got!r}, expected a length (an int), or 0"
+    if got != expected:
+        return (f"got {got}, expected {expected}" if expected else
+                f"got {got}, expected 0: the chunked path beats dense SDPA by more than the noise at no length")
+    return None
+
+
+def _timings(ratios) -> dict:
+    """A small run of dense SDPA and the chunks: at L = 1024, 2048, ... the times (dense, chunks)."""
+    lengths = [1024 * 2**n for n in range(len(ratios))]
+    results = [{"impl": impl, "L": L, "dtype": "float32", "mode": "fwd", "status": "ok", "times_s": times}
+               for L, pair in zip(lengths, ratios) for impl, times in zip(("dense_sdpa", "swa"), pair)]
+    return {"config": {"lengths": lengths}, "results": results}
+
+
+def _crossover_length() -> Iterator[Case]:
+    steady, spread = [1.0] * 5, [0.9, 1.0, 1.1, 1.2, 1.3]
+    made = {"a tie within noise, then a win": _timings([(steady, [2.0] * 5), ([x + 0.1 for x in spread], spread),
+                                                        ([4.0] * 5, [2.0] * 5)]),
+            "never a win": _timings([(steady, [2.0] * 5), (steady, [1.5] * 5)])}
+    for name, run in made.items():
+        yield Case(f"crossover_length(run, 'float32'): {name}", (run, "float32"), crossover(run, "float32") or 0,
+                   _same_length, "swa_tutorial.bench.compare on each length")
+    for name, run in _runs().items():
+        if run["config"]["modes"] == ["fwd"]:
+            dtype = run["config"]["dtypes"][0]
+            yield Case(f"crossover_length(runs[{name!r}], {dtype!r})", (run, dtype), crossover(run, dtype) or 0,
+                       _same_length, "swa_tutorial.bench.compare on each length")
+
+
+def _first_win(run: dict, dtype: str, wins) -> int:
+    res = by_impl(run, dtype)
+    for L in run["config"]["lengths"]:
+        dense, swa = res.get(("dense_sdpa", L), {}), res.get(("swa", L), {})
+        if dense.get("status") == swa.get("status") == "ok" and wins(compare(dense["times_s"], swa["times_s"])):
+            return L
+    return 0
+
+
+CROSSOVER_LENGTH = (
+    Suspect(lambda run, dtype: _first_win(run, dtype, lambda c: c["ratio"] > 1),
+            "a ratio above 1 whose quartile range contains 1 is a tie within noise: it does not count"),
+    Suspect(lambda run, dtype: _first_win(run, dtype, lambda c: c["ratio"] < 1 and not c["within_noise"]),
+            "the ratio is dense SDPA's time over the chunked path's: above 1 where the chunks win"),
+)
+
 EXERCISES = [
     Exercise("online_step", "16_tiles",
              "online_step(row_max, row_sum, acc, scores, values): one key tile folded into the running softmax",
@@ -218,11 +397,21 @@ EXERCISES = [
              "the kernel's key_tile_span", _tile_kind),
     Exercise("tile_backward", "17_tiles_kernel",
              "tile_backward(q, k, v, allowed, out, lse, grad_out, grad_lse, scale): dq, dk, dv of one tile",
-             "autograd through the masked softmax", _tile_backward),
+             "autograd through the masked softmax", _tile_backward, TILE_BACKWARD),
+    Exercise("kernel_products", "17_tiles_kernel",
+             "kernel_products: predict the tiles the kernel visits and its products, forward and backward",
+             "swa_tutorial.core.tiling.span_table and the kernels' source", _kernel_products, KERNEL_PRODUCTS,
+             prediction=True),
     Exercise("halo_range", "18_sequence_parallel",
              "halo_range(rank, lengths, window): the positions start .. stop - 1 of the rank's keys and halo",
              "swa_tutorial.distributed.halo_plan", _halo_range),
     Exercise("halo_bytes_sent", "18_sequence_parallel",
              "halo_bytes_sent(lengths, window, token_bytes): the bytes each rank sends its neighbours",
              "swa_tutorial.distributed.halo_bytes", _halo_bytes_sent),
+    Exercise("sdpa_memory", "19_benchmarks",
+             "sdpa_memory: predict dense SDPA's peak memory on the H200 at L = 65536, from the masks and the output",
+             "the committed GPU runs", _sdpa_memory, SDPA_MEMORY, prediction=True),
+    Exercise("crossover_length", "19_benchmarks",
+             "crossover_length(run, dtype): the shortest L at which the chunks beat dense SDPA beyond the noise, or 0",
+             "swa_tutorial.tutorial.benchmark_report.crossover", _crossover_length, CROSSOVER_LENGTH),
 ]

@@ -1,4 +1,8 @@
-"""The exercises of chapters 12 to 15: window shapes, dilation, generation, Longformer's global tokens."""
+"""The exercises of chapters 12 to 15: window shapes, dilation, generation, Longformer's global tokens.
+
+Each exercise lists typical wrong computations (:class:`~.framework.Suspect`): when an answer's
+result equals one, ``check`` names the mistake as the likely cause.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,21 @@ from typing import Iterator
 
 import torch
 
+from swa_tutorial.attention import sliding_window_attention
 from swa_tutorial.core.windows import window_mask
 from swa_tutorial.decoding import RollingKVCache
 from swa_tutorial.integrations.conventions import from_flash_attn, from_mistral
 from swa_tutorial.reference import dense_attention, dense_longformer_attention
-from swa_tutorial.steps.shift import symmetric_window
+from swa_tutorial.steps.shift import shifted_layout, symmetric_window
 from swa_tutorial.tutorial.exercises.framework import (
     Case,
     Compare,
     Exercise,
+    Suspect,
     generator,
     pair_of_ints,
     randn,
+    same_int,
     same_ints,
     same_tensor,
 )
@@ -43,6 +50,25 @@ def _longformer_keys() -> Iterator[Case]:
                            "the keys dense_longformer_attention weighs")
 
 
+def _window_keys(i: int, L: int, w: int) -> list[int]:
+    return list(range(max(0, i - w), min(L, i + w + 1)))
+
+
+LONGFORMER_KEYS = (
+    Suspect(lambda i, L, w, g: sorted(_window_keys(i, L, w) + list(g)),
+            "a key both in the window and global is counted twice: the keys are a union, each once"),
+    Suspect(lambda i, L, w, g: sorted(set(_window_keys(i, L, w)) | set(g)) if i in g else None,
+            "a global token attends to every token: its row is full, not its window and the global tokens"),
+    Suspect(lambda i, L, w, g: _window_keys(i, L, w) if i not in g else None,
+            "every token attends to the global tokens, also those outside its window"),
+    Suspect(lambda i, L, w, g: list(range(L)) if i in g else sorted(set(range(i - w, i + w + 1)) | set(g)),
+            "the window is cut at both ends of the sequence: keys lie in 0 .. L - 1"),
+    Suspect(lambda i, L, w, g: list(range(L)) if i in g else sorted(set(range(max(0, i - w), min(L, i + w)))
+                                                                    | set(g)),
+            "the window holds key i + w too: range(i - w, i + w + 1)"),
+)
+
+
 def _merge_softmaxes() -> Iterator[Case]:
     for seed, spread in enumerate((1.0, 30.0, 1000.0)):
         scores, values = randn(5, 9, seed=seed) * spread, randn(9, 3, seed=seed + 10)
@@ -56,6 +82,19 @@ def _merge_softmaxes() -> Iterator[Case]:
 
 # ---------------------------------------------------------------------------------------------
 # Windows of every shape, dilation, generation, a sequence over several devices.
+
+
+def _merge_by_exponentials(out1, lse1, out2, lse2):
+    e1, e2 = lse1.exp()[:, None], lse2.exp()[:, None]
+    return (e1 * out1 + e2 * out2) / (e1 + e2)
+
+
+MERGE_SOFTMAXES = (
+    Suspect(_merge_by_exponentials, "e^lse overflows once the scores pass about 700 (float64): weigh each part by "
+                                    "e^(lse_part - lse) with lse = logaddexp(lse1, lse2)"),
+    Suspect(lambda out1, lse1, out2, lse2: (out1 + out2) / 2,
+            "a plain average: each part weighs by its share of the whole sum, e^(lse_part - lse)"),
+)
 
 
 def _symmetric_window_compare(left: int, right: int) -> Compare:
@@ -188,6 +227,28 @@ def _attend_by_slices() -> Iterator[Case]:
                    f"dense_attention(q, k, v, {window}, dilation={d})")
 
 
+def _by_slices_with(q, k, v, window, d, class_window):
+    out = torch.zeros_like(v)
+    for kappa in range(d):
+        out[:, kappa::d] = sliding_window_attention(q[:, kappa::d], k[:, kappa::d], v[:, kappa::d], class_window)
+    return out
+
+
+def _times(window, d):
+    left, right = (window, window) if isinstance(window, int) else window
+    return left * d, right * d
+
+
+ATTEND_BY_SLICES = (
+    Suspect(lambda q, k, v, window, d: _by_slices_with(q, k, v, window, 1, window) if d > 1 else None,
+            "the ordinary window over the whole sequence attends the neighbours of every class: attend each class "
+            "x[:, kappa::d] alone"),
+    Suspect(lambda q, k, v, window, d: _by_slices_with(q, k, v, window, d, _times(window, d)) if d > 1 else None,
+            "inside a class the places are consecutive, so the class's window is the ordinary (left, right), "
+            "not times d"),
+)
+
+
 def _slots_compare(T: int, left: int) -> Compare:
     """The token each slot holds (-1: none): name the first wrong slot and the rule it breaks."""
     S = left + 1
@@ -234,6 +295,61 @@ def _decode_step() -> Iterator[Case]:
                    same_tensor(("component",), exact=False), f"dense_attention(q, k, v, ({left}, 0))[:, {t}]")
 
 
+PREDICTED_WINDOW = 20, (1, 6)  # Exercise 12.3: L and the window
+
+
+def _window_1_6_expected() -> dict:
+    L, (left, right) = PREDICTED_WINDOW
+    w, shift, lead, padded = shifted_layout(L, left, right)
+    return {"w": w, "shift": shift, "lead": lead, "padded_length": padded, "num_chunks": padded // w - 1,
+            "extra_diagonals": [o for o in range(shift - w, shift + w + 1) if not -left <= o <= right]}
+
+
+def prediction_cases(name: str, expected: dict, source: str) -> Iterator[Case]:
+    """One case per entry of a prediction of ints (or lists of ints): ``name["key"]``."""
+    for key, value in expected.items():
+        yield Case(f'{name}["{key}"]', (key,), value, same_ints if isinstance(value, list) else same_int, source)
+
+
+def _window_1_6() -> Iterator[Case]:
+    return prediction_cases("window_1_6", _window_1_6_expected(), "shifted_layout(20, 1, 6)")
+
+
+def prediction_suspect(key: str, value, cause: str) -> Suspect:
+    """A wrong value of one entry of a prediction, and the mistake that gives it."""
+    return Suspect(lambda k: value if k == key else None, cause)
+
+
+WINDOW_1_6 = (
+    prediction_suspect("w", 3, "(left + right) / 2 = 3.5 rounds up: the band 2w + 1 must hold left + right + 1 "
+                                "= 8 diagonals, so w = ceil((left + right) / 2)"),
+    prediction_suspect("w", 6, "a band of the longer side, 6, holds the window too, but centred on another "
+                                "diagonal a narrower one does: w = ceil((left + right) / 2)"),
+    prediction_suspect("shift", -2, "the sign: the band's right edge shift + w sits on the window's right edge, "
+                                     "shift = right - w, to the right of the main diagonal here"),
+    prediction_suspect("shift", 0, "a band on the main diagonal holds this window only with w = 6: the "
+                                    "narrowest band is centred on diagonal right - w"),
+    prediction_suspect("lead", 0, "a shift > 0 would move the keys to rows before the first: the queries get "
+                                   "lead = shift zero rows in front instead"),
+    prediction_suspect("padded_length", 20, "L itself is a multiple of w, but the lead's rows come first: L' is "
+                                             "L + |shift| rounded up to a multiple of w"),
+    prediction_suspect("padded_length", 22, "L + |shift| = 22 is then rounded up to a multiple of w = 4"),
+    prediction_suspect("num_chunks", 4, "C = L'/w - 1 at the padded length L' = 24, not at L = 20"),
+    prediction_suspect("num_chunks", 6, "L'/w counts blocks of w rows; the chunks, two blocks long, are one "
+                                         "fewer"),
+    prediction_suspect("extra_diagonals", [], "left + right + 1 = 8 diagonals in a band of 2w + 1 = 9: an odd "
+                                               "left + right leaves one diagonal over"),
+    prediction_suspect("extra_diagonals", [7], "the band's right edge is the window's (shift + w = right): the "
+                                                "diagonal over is at the left edge, shift - w"),
+)
+
+DECODE_STEP = (
+    Suspect(lambda q, keys, values, positions: (keys @ q / q.shape[0] ** 0.5).softmax(0) @ values,
+            "the empty slots (position -1) hold zero keys, which score 0 and still get weight: mask them"),
+    Suspect(lambda q, keys, values, positions: (keys @ q).masked_fill(positions < 0, float("-inf")).softmax(0)
+            @ values, "the scores are scaled by 1/sqrt(d), dense_attention's default"),
+)
+
 EXERCISES = [
     Exercise("symmetric_window", "12_window_shapes",
              "symmetric_window(left, right): (w, shift) of the narrowest band about a shifted diagonal",
@@ -241,22 +357,25 @@ EXERCISES = [
     Exercise("flash_window_size", "12_window_shapes",
              "flash_window_size(W): FlashAttention's window_size for Mistral's sliding_window=W",
              "swa_tutorial.integrations.conventions", _flash_window_size),
+    Exercise("window_1_6", "12_window_shapes",
+             "window_1_6: predict the band, shift, lead, padded length and chunks of the window (1, 6) on 20 tokens",
+             "swa_tutorial.steps.shift.shifted_layout", _window_1_6, WINDOW_1_6, prediction=True),
     Exercise("dilated_keys", "13_dilation",
              "dilated_keys(i, left, right, d, L): the sorted keys query i attends with dilation d",
              "swa_tutorial.core.windows.window_mask", _dilated_keys),
     Exercise("attend_by_slices", "13_dilation",
              "attend_by_slices(q, k, v, window, d): dilated attention, one residue class at a time",
-             "swa_tutorial.dense_attention", _attend_by_slices),
+             "swa_tutorial.dense_attention", _attend_by_slices, ATTEND_BY_SLICES),
     Exercise("cache_positions", "14_generation",
              "cache_positions(T, left): the token each slot of the rolling cache holds after T tokens",
              "swa_tutorial.RollingKVCache", _cache_positions),
     Exercise("decode_step", "14_generation",
              "decode_step(q, keys, values, positions): the newest token's output from the cache",
-             "swa_tutorial.dense_attention", _decode_step),
+             "swa_tutorial.dense_attention", _decode_step, DECODE_STEP),
     Exercise("longformer_keys", "15_longformer",
              "longformer_keys(i, L, w, global_tokens): the sorted keys query i attends, each once",
-             "swa_tutorial.reference.dense_longformer_attention", _longformer_keys),
+             "swa_tutorial.reference.dense_longformer_attention", _longformer_keys, LONGFORMER_KEYS),
     Exercise("merge_softmaxes", "15_longformer",
              "merge_softmaxes(out1, lse1, out2, lse2): one softmax from two over disjoint keys",
-             "one softmax over all the keys", _merge_softmaxes),
+             "one softmax over all the keys", _merge_softmaxes, MERGE_SOFTMAXES),
 ]

@@ -43,7 +43,8 @@ def band_by_gathering(q, k, w):
     """[BH, L, d] -> [BH, L, 2w + 1]: each query against its 2w + 1 keys."""
     keys = F.pad(k, (0, 0, w, w)).unfold(1, 2 * w + 1, 1)  # [BH, L, d, 2w + 1]
     # per row of BH: L products [1, d] x [d, 2w + 1], on the view
-    return torch.stack([torch.bmm(q[r, :, None], keys[r])[:, 0] for r in range(q.shape[0])])
+    rows = [torch.bmm(q[r, :, None], keys[r])[:, 0] for r in range(q.shape[0])]
+    return torch.stack(rows)
 
 
 def band_by_blocks(q, k, w):

@@ -101,12 +101,12 @@ class Packing:
 
     @property
     def q_len(self) -> int:
-        """L_q of the batch: the longest document's queries."""
+        """The batch's L_q, the queries of the longest document."""
         return max(self.q_lengths, default=0)
 
     @property
     def k_len(self) -> int:
-        """L_k of the batch: the longest document's keys."""
+        """The batch's L_k, the keys of the longest document."""
         return max(self.k_lengths, default=0)
 
     def pad_queries(self, x: torch.Tensor) -> torch.Tensor:

@@ -86,8 +86,9 @@ def format_summary(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _axes_style(ax, chance: float, title: str):
-    ax.set_xscale("log", base=2)
+def _axes_style(ax, chance: float, title: str, log: bool = True):
+    if log:
+        ax.set_xscale("log", base=2)
     ax.axhline(chance, color="0.4", linestyle=":", linewidth=1)
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("distance D of the mark")
@@ -117,22 +118,31 @@ def plot_sweep(result: dict):
     return fig
 
 
-def plot_variants(result: dict, variants: dict, layer_counts, window: int = 8):
+def plot_variants(result: dict, variants: dict, layer_counts, window: int = 8, zoom: bool = False):
     """Panels per layer count: the plain stack against each variant {label: (dilation,
-    global_token)}; dashed lines at the variant's gap-free and farthest reach (windows alone)."""
+    global_token)} the sweep ran at that count; dashed lines at n x w and, for a dilated
+    variant, at its gap-free and farthest reach. ``zoom``: a linear distance axis up to 1.5
+    times the farthest boundary, where single distances (odd, even) can be told apart."""
     data, chance = curves(result), result["task"]["chance"]
     fig, axes = plt.subplots(1, len(layer_counts), figsize=(4 * len(layer_counts), 3.6), sharey=True, squeeze=False)
     for ax, layers in zip(axes[0], layer_counts):
         _draw(ax, data[(layers, window, 1, None)], "0.5", "plain", alpha=0.15)
+        boundaries = [layers * window]
         for (label, (dilation, global_token)), color in zip(variants.items(), ("C3", "C4", "C5")):
             config = (layers, window, dilation, global_token)
+            if config not in data:  # a variant the sweep ran at other layer counts only
+                continue
             _draw(ax, data[config], color, label, marker="s")
-            for boundary in sorted(set(reach_of(config))):
-                ax.axvline(boundary, color=color, linestyle="--", linewidth=1)
+            if global_token is None:  # a global token's reach is not the windows'
+                for boundary in sorted(set(reach_of(config))):
+                    ax.axvline(boundary, color=color, linestyle="--", linewidth=1)
+                    boundaries.append(boundary)
         ax.axvline(layers * window, color="0.5", linestyle="--", linewidth=1)
-        _axes_style(ax, chance, f"n = {layers}, w = {window}")
+        _axes_style(ax, chance, f"n = {layers}, w = {window}", log=not zoom)
+        if zoom:
+            ax.set_xlim(0, 1.5 * max(boundaries))
+        ax.legend(loc="lower left")
     axes[0][0].set_ylabel("accuracy (seeds: min..max)")
-    axes[0][0].legend(loc="lower left")
     fig.tight_layout()
     return fig
 

@@ -5,8 +5,9 @@
 The grid (:func:`grid`): layers n in {1, 2, 4} x window w in {8, 16, 32} without dilation or
 global token; dilation 2 on half the heads, and each kind of global token, on a subset; 2 seeds
 each. Every model is probed at the distances of :func:`distances`, both sides of each boundary
-the theory predicts (:mod:`.reach`). One row per (model, distance); ``seconds`` is the training
-time of the row's model, ``steps`` its optimiser steps.
+the theory predicts (:mod:`.reach`). One row per (model, distance); ``seconds`` and
+``cpu_seconds`` are the training time of the row's model (wall clock, and the process's CPU
+time, the steadier on a shared machine), ``steps`` its optimiser steps.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ def reachable(run: Run, distance: int) -> bool:
 
 def probe_length(run: Run, task: Task, trained_len: int, distance: int) -> int:
     """The probe's sequence length: the task's for a global last token (its row sees every key);
-    else the training length, or distance + 2 if longer. Beyond its farthest reach a model's last
-    output does not depend on the tokens, so a longer probe would ask it nothing more."""
+    else the training length, or distance + 2 if longer. Without a global last token the last
+    output depends only on the tokens within the farthest reach (and on BOS, the same in every
+    sequence), so a longer probe would ask the model nothing more."""
     if run.global_token == "last":
         return task.seq_len
     return max(trained_len, distance + 2)

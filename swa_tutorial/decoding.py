@@ -15,9 +15,15 @@ from __future__ import annotations
 
 import torch
 
-from .attention import without_autocast
-from .softmax import accumulation_dtype, masked_softmax
-from .validation import FLOAT_DTYPES, check_int, check_key_padding_mask, check_scale, check_tensor
+from swa_tutorial.core.precision import accumulation_dtype, without_autocast
+from swa_tutorial.core.softmax import masked_softmax
+from swa_tutorial.core.validation import (
+    FLOAT_DTYPES,
+    check_int,
+    check_key_padding_mask,
+    check_scale,
+    check_tensor,
+)
 
 
 def masked_attention(q, k, v, allowed, scale: float) -> torch.Tensor:
@@ -25,7 +31,7 @@ def masked_attention(q, k, v, allowed, scale: float) -> torch.Tensor:
 
     q: [B, n, H, d]; k: [B, m, H, d]; v: [B, m, H, d_v]; allowed: bool [B, n, m], True where
     query a may attend key j. The masked softmax is the package's own
-    (:func:`swa_tutorial.softmax.masked_softmax`): scores, softmax and P x V in float32 for
+    (:func:`swa_tutorial.core.softmax.masked_softmax`): scores, softmax and P x V in float32 for
     float16/bfloat16 inputs (float64 for float64), and a query with no allowed key outputs exactly
     0. Returns q's dtype.
     """
@@ -45,7 +51,8 @@ class RollingKVCache:
         value_dim: d_v of the values (default head_dim).
         dtype: float64, float32, float16 or bfloat16; q, k and v must have it.
         device: where the buffers live; q, k and v must be there.
-        scale: the factor on q . k (default 1 / sqrt(head_dim)).
+        scale: the factor on q . k (default 1 / sqrt(head_dim)), finite in the dtype it is
+            applied in (float32 for float32 and half caches, float64 for float64).
 
     Use: one :meth:`prefill` with the prompt [B, T, H, d] (T may be 0), then :meth:`step` once per
     new token [B, 1, H, d]; :meth:`reset` starts a new sequence in the same buffers. Both return
@@ -76,7 +83,12 @@ class RollingKVCache:
             device = torch.device("cpu" if device is None else device)
         except (RuntimeError, TypeError) as error:
             raise ValueError(f"device must name a torch device, got {device!r}") from error
-        self.scale = check_scale(scale, self.head_dim)
+        try:  # torch says "Torch not compiled with CUDA enabled" as a bare AssertionError
+            torch.empty(0, device=device)
+        except (AssertionError, RuntimeError) as error:
+            raise ValueError(f"device must be a device this build of torch can use, got {str(device)!r} "
+                             f"({error})") from error
+        self.scale = check_scale(scale, self.head_dim, accumulation_dtype(dtype))
         B, S, H = self.batch, self.left + 1, self.heads
         # zeros, not empty: a slot that holds no key still meets a zero weight in P x V
         self.keys = torch.zeros(B, S, H, self.head_dim, dtype=dtype, device=device)

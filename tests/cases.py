@@ -135,3 +135,14 @@ def blind_queries(seq_len: int, window, key_padding_mask: torch.Tensor | None, d
 def assert_close64(actual: torch.Tensor, expected: torch.Tensor, tol: float = 1e-10) -> None:
     """float64 agreement: every element within ``tol`` (absolute), shapes and dtypes equal."""
     torch.testing.assert_close(actual, expected, rtol=0, atol=tol)
+
+
+def assert_dropped_and_rescaled(dropped: torch.Tensor, probs: torch.Tensor, p: float, tolerance: float) -> None:
+    """Attention dropout seen through one-hot values, where an output row is its probabilities:
+    ``dropped`` (with dropout p) keeps a fraction 1 - p of the weights ``probs`` has inside the
+    window (within ``tolerance``), each kept one divided by 1 - p, and has none outside it."""
+    inside = probs > 0
+    kept = dropped[inside] > 0
+    assert abs(kept.double().mean().item() - (1 - p)) < tolerance
+    torch.testing.assert_close(dropped[inside][kept], probs[inside][kept] / (1 - p))
+    assert (dropped[~inside] == 0).all()

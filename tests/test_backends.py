@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 
 from cases import assert_close64
 from swa_tutorial import dense_attention, sliding_window_attention
-from swa_tutorial.backends import BACKENDS, TILES_FROM_CELLS, choose, tiles
-from swa_tutorial.windows import window_mask
+from swa_tutorial.backends import BACKENDS, TILES_FROM_CELLS, TRANSFORMABLE, choose, tiles
+from swa_tutorial.core.windows import window_mask
 
 # The triton backend runs here under Triton's interpreter, slowly: tests/test_triton_kernel.py
 # holds its own version of these checks on smaller problems.
 NAMES = sorted(set(BACKENDS) - {"triton"})
 # The longest L each backend is drawn at (the dense one is O(L^2) by design).
-MAX_LEN = {"chunks": 160, "dense": 80, "tiles": 200}
+MAX_LEN = {"chunks": 160, "dense": 80, "tiles": 200, "diagonals": 120}
 
 
 @st.composite
@@ -244,7 +244,7 @@ def test_auto_runs_the_backend_it_chooses(monkeypatch, L, window, expected):
     torch.testing.assert_close(out, sliding_window_attention(q, k, v, window, backend=expected))
 
 
-@pytest.mark.parametrize("name", sorted(set(BACKENDS) - {"chunks", "dense"}))
+@pytest.mark.parametrize("name", sorted(set(BACKENDS) - set(TRANSFORMABLE)))
 def test_a_backend_without_a_vmap_rule_says_so_under_a_transform(name):
     """A custom autograd function without a vmap rule: the message names the backends that work."""
     q, k = (torch.randn(1, 40, 1, 4, generator=torch.Generator().manual_seed(s)) for s in range(2))

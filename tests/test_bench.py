@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from swa_tutorial import dense_attention, dense_band_mask, sliding_window_attention
-from swa_tutorial.bench import IMPLEMENTATIONS, band_pairs, check, lean_band_mask, query_slices, sweep, table, useful_flops, write
+from swa_tutorial.bench import (IMPLEMENTATIONS, band_pairs, check, query_slices, sweep, table,
+                                useful_flops, write)
 from swa_tutorial.bench import __main__ as cli
-from swa_tutorial.bench import device_check
+from swa_tutorial.bench import correctness
 from swa_tutorial.bench.implementations import Implementation
 from swa_tutorial.bench.measure import compare, resolve_device
-from swa_tutorial.bench.sweep import SCHEMA, cpu_info, run_config, run_isolated
+from swa_tutorial.bench.sweeps import SCHEMA, cpu_info, run_config, run_isolated
 
 DATA = Path(__file__).resolve().parents[1] / "book" / "data"
 
@@ -33,8 +34,8 @@ def test_useful_flops_is_4_B_H_N_d_and_three_times_that_with_backward():
 
 
 @pytest.mark.parametrize("L,w", [(1, 1), (5, 2), (40, 3), (9, 20)])
-def test_lean_band_mask_equals_the_reference_mask(L, w):
-    assert torch.equal(lean_band_mask(L, w), dense_band_mask(L, w))
+def test_dense_sdpa_prepares_the_reference_mask(L, w):
+    assert torch.equal(IMPLEMENTATIONS["dense_sdpa"].prepare(L, w, None), dense_band_mask(L, w))
 
 
 @pytest.mark.parametrize("L,w", [(1, 4), (10, 4), (100, 8), (1000, 256)])
@@ -219,9 +220,15 @@ BENCH_FILES = [p for p in sorted(DATA.glob("*.json")) if _schema_of(p) == SCHEMA
 
 
 def test_every_committed_result_file_names_a_known_schema():
-    from swa_tutorial.bench import bandwidth, longformer_model, sequence_parallel, traffic
+    import importlib.util
 
-    known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA}
+    from swa_tutorial.bench import band_layouts, bandwidth, gqa, hf_model, longformer_model, sequence_parallel
+
+    spec = importlib.util.spec_from_file_location("traffic_history", DATA.parent.parent / "tools" / "traffic_history.py")
+    traffic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(traffic)  # repository tooling, outside the package
+    known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA, gqa.SCHEMA,
+             hf_model.SCHEMA, band_layouts.SCHEMA}
     assert BENCH_FILES and {p.name: _schema_of(p) for p in DATA.glob("*.json") if _schema_of(p) not in known} == {}
 
 
@@ -230,9 +237,58 @@ def test_committed_result_files_follow_the_schema(path):
     _assert_schema(json.loads(path.read_text()))
 
 
+def test_gqa_benchmark_checks_every_call_and_compares_the_package_with_each_other():
+    """python -m swa_tutorial.bench.gqa on a tiny configuration, in this process: every prefill and
+    decoding implementation checked against float64 and timed, the ratios swa / each other; a
+    wrong output fails the check (no timing is asserted)."""
+    from swa_tutorial.bench import gqa
+
+    config = dict(B=1, H=4, H_kv=2, d=8, window=[15, 0], lengths=[40], cache=50, threads=1, reps=1, min_time=0.0, seed=0)
+    doc = gqa.run(config, isolate=False, progress=lambda line: None)
+    expected = {("prefill", impl) for impl in gqa.PREFILL} | {("decoding", impl) for impl in gqa.DECODING}
+    assert {(r["case"], r["impl"]) for r in doc["results"]} == expected
+    assert all(r["status"] == "ok" and r["check"]["ok"] and r["times_s"] for r in doc["results"])
+    assert {(r["case"], r["swa_over"]) for r in doc["ratios"]} == {c for c in expected if c[1] != "swa"}
+    spec = {**config, "q_len": 40, "k_len": 40}
+    q, k, v = gqa.inputs(spec)
+    assert not gqa.check(spec, q, k, v, torch.zeros(1, 40, 4, 8))["ok"]
+
+
+GQA_FILES = [p for p in sorted(DATA.glob("*.json")) if _schema_of(p) == "swa-tutorial-gqa/1"]
+
+
+@pytest.mark.parametrize("path", GQA_FILES, ids=lambda p: p.name)
+def test_committed_gqa_results_were_checked_before_they_were_timed(path):
+    doc = json.loads(path.read_text())
+    assert doc["provenance"]["device"] and doc["results"]
+    for r in doc["results"]:
+        assert r["status"] != "ok" or (r["check"]["ok"] and r["times_s"] and r["memory_bytes"] is not None)
+
+
+def test_the_hugging_face_layer_benchmark_checks_then_measures_and_decodes_in_turns():
+    """hf_model's steps in this process on a tiny layer (its command runs each in a fresh one)."""
+    pytest.importorskip("transformers")
+    from swa_tutorial.bench import hf_model
+
+    shape = dict(hf_model.SHAPE, hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                 sliding_window=16)
+    spec = dict(device="cpu", dtype="float32", shape=shape, L=48, reps=2, steps=2, threads=1)
+    prefill = hf_model.prefill("swa_tutorial", spec)
+    assert prefill["relative_error_vs_sdpa_at_512"] <= 1e-4 and len(prefill["times_s"]) == 2
+    decode = hf_model.decoding(["sdpa", "swa_tutorial"], dict(spec, L=40))
+    assert set(decode) == {"sdpa", "swa_tutorial"}
+    assert all(r["keys_in_cache"] == 15 and len(r["times_s"]) == 2 for r in decode.values())  # W - 1 kept
+    results = [{"what": "prefill", "impl": impl, "L": 48, "status": "ok", "times_s": t, "peak_bytes": b}
+               for impl, t, b in (("sdpa", [1.0, 1.1, 0.9], 100), ("swa_tutorial", [0.5, 0.6, 0.4], 50))]
+    ratios = hf_model.ratios(results)
+    assert list(ratios) == ["prefill swa_tutorial/sdpa L=48"]
+    assert ratios["prefill swa_tutorial/sdpa L=48"]["peak_memory"] == 0.5
+    assert ratios["prefill swa_tutorial/sdpa L=48"]["time"]["ratio"] == 0.5
+
+
 def test_device_check_passes_on_the_cpu():
     """The device check run on GPUs is the same code; here it runs on the CPU."""
-    from swa_tutorial.bench.device_check import TOLERANCES, check
+    from swa_tutorial.bench.correctness import DEVICE_TOLERANCES as TOLERANCES, check_device as check
 
     worst = check("cpu")
     assert set(worst) == {str(t) for t in TOLERANCES}
@@ -240,7 +296,7 @@ def test_device_check_passes_on_the_cpu():
 
 
 # ---------------------------------------------------------------------------------------------
-# The command lines: python -m swa_tutorial.bench and python -m swa_tutorial.bench.device_check
+# The command lines: python -m swa_tutorial.bench and python -m swa_tutorial.bench.correctness
 
 TINY = ["-L", "16", "24", "-H", "1", "-d", "4", "-w", "4", "--impls", "swa", "loop", "--loop-max-len", "20",
         "--min-time", "0", "--min-reps", "2", "--in-process", "--threads", "1"]
@@ -289,10 +345,10 @@ def test_bench_progress_bar_names_the_configuration(capsys):
     assert "flex L=4096 bfloat16 fwd" in err and "swa L=8192 bfloat16 fwd" in err and "2/2" in err
 
 
-@pytest.mark.parametrize("command", ["bench", "device_check"])
+@pytest.mark.parametrize("command", ["bench", "correctness"])
 def test_cuda_that_is_not_there_is_a_message_not_a_traceback(command, monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    main = cli.main if command == "bench" else device_check.main
+    main = cli.main if command == "bench" else correctness.main
     with pytest.raises(SystemExit) as stop:
         main(["--device", "cuda"])
     assert stop.value.code not in (0, None)
@@ -308,7 +364,7 @@ def test_a_device_that_is_not_measured_is_refused_by_name(name):
 
 def test_device_check_help_describes_it(capsys):
     with pytest.raises(SystemExit):
-        device_check.main(["--help"])
+        correctness.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "against float64 dense attention" in text and "the device to check: cuda, cuda:1" in text
     assert "(default: cuda)" in text

@@ -19,16 +19,9 @@ from transformers.masking_utils import create_causal_mask, create_sliding_window
 from transformers.modeling_flash_attention_utils import _process_flash_attention_kwargs
 from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
 
-from swa_tutorial.conventions import (
-    from_allenai_longformer,
-    from_flash_attn,
-    from_flex_sliding_window,
-    from_gemma,
-    from_hf_longformer,
-    from_mistral,
-    from_xformers,
-)
-from swa_tutorial.windows import window_mask
+from swa_tutorial.integrations.conventions import (from_allenai_longformer, from_flash_attn, from_flex_sliding_window,
+                                                   from_gemma, from_hf_longformer, from_mistral, from_xformers)
+from swa_tutorial.core.windows import window_mask
 
 LENGTHS = range(1, 14)
 

@@ -179,6 +179,14 @@ def _prefilled():
 
 
 x64 = torch.zeros(2, 1, 3, 4, dtype=torch.float64)
+UNUSABLE = next(t for t in ("cuda", "xpu", "mps") if not getattr(torch, t).is_available())  # a device type this build lacks
+
+
+def test_a_scale_finite_in_float64_only_is_fine_for_a_float64_cache():
+    q, k, v = random_sequence(1, 4, 1, 2, 2, seed=9)
+    cache = RollingKVCache(1, batch=1, heads=1, head_dim=2, dtype=torch.float64, scale=1e39)
+    expected = dense_attention(q, k, v, (1, 0), scale=1e39)
+    assert_close64(generate(cache, q, k, v, 2), expected, tol=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -192,6 +200,11 @@ x64 = torch.zeros(2, 1, 3, 4, dtype=torch.float64)
         (lambda: _cache(dtype=torch.int32), TypeError, "dtype must be torch.float64, float32, float16 or bfloat16"),
         (lambda: _cache(device="nowhere"), ValueError, "device must name a torch device, got 'nowhere'"),
         (lambda: _cache(scale=float("nan")), ValueError, "scale must be a finite real number"),
+        (lambda: _cache(scale=1e39, dtype=torch.float32), ValueError,
+         "scale must be finite in torch.float32, the dtype it is applied in, got 1e+39"),
+        (lambda: _cache(scale=1e39, dtype=torch.bfloat16), ValueError, "scale must be finite in torch.float32"),
+        (lambda: _cache(device=UNUSABLE), ValueError,
+         f"device must be a device this build of torch can use, got '{UNUSABLE}'"),
         (lambda: _cache().step(x64, x64, x64), RuntimeError, "step() before prefill(): call prefill() first"),
         (lambda: _prefilled().prefill(x64, x64, x64), RuntimeError, "prefill() was already called"),
         (lambda: _prefilled().step(*[torch.zeros(2, 2, 3, 4, dtype=torch.float64)] * 3), ValueError,

@@ -19,19 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swa_tutorial import sliding_window_attention
-from swa_tutorial.distributed import (
-    all_gather_bytes,
-    attend_shards,
-    all_to_all_bytes,
-    halo_bytes,
-    halo_plan,
-    halo_reach,
-    ring_bytes,
-    run_gloo,
-    sequence_parallel_attention,
-    shard_starts,
-)
-from swa_tutorial.windows import window_mask
+from swa_tutorial.distributed import (all_gather_bytes, all_to_all_bytes, attend_shards, halo_bytes, halo_plan,
+                                      halo_reach, ring_bytes, run_gloo, sequence_parallel_attention, shard_starts)
+from swa_tutorial.core.windows import window_mask
 
 TIMEOUT = 120  # seconds for a whole world: far above what a run takes; only a hang reaches it
 

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 
 from cases import assert_close64, window_cases
 from swa_tutorial import longformer_attention, sliding_window_attention
-from swa_tutorial.longformer import patch_hf_longformer
+from swa_tutorial.integrations.longformer import patch_hf_longformer
 from swa_tutorial.reference import dense_longformer_attention
-from swa_tutorial.windows import window_mask
+from swa_tutorial.core.windows import window_mask
 
 GLOBALS = ("none", "first", "few", "random", "all", "on_padding")
 
@@ -349,6 +349,17 @@ def test_patching_keeps_the_weights():
     after = dict(patched.named_parameters())
     assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
     assert patched.encoder.layer[1].attention.self.window == (4, 4)  # W = 8: four keys on each side
+
+
+def test_patching_a_patched_model_again_changes_nothing():
+    _, patched = pair(LongformerModel)
+    layers = [layer.attention.self for layer in patched.encoder.layer]
+    kwargs = inputs(LongformerModel)
+    with torch.no_grad():
+        before = patched(**kwargs).last_hidden_state
+        assert patch_hf_longformer(patched) is patched
+        assert [layer.attention.self for layer in patched.encoder.layer] == layers  # the same modules
+        assert torch.equal(patched(**kwargs).last_hidden_state, before)
 
 
 def test_hugging_face_refusals():

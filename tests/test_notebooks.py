@@ -136,3 +136,39 @@ def test_live_widgets_are_left_out_of_the_static_page(path):
     for i, cell in _code_cells(path):
         if any(WIDGET_VIEW in output.get("data", {}) for output in cell.get("outputs", [])):
             assert "remove-cell" in _tags(cell), f"{_id(path)}: cell {i} shows a live widget; tag it remove-cell"
+
+
+# "Exercise 12.3 (★★)": the chapter's number, the exercise's place in it, one to three stars, at the
+# start of the exercise's statement (a heading, or a bold lead-in).
+EXERCISE_HEADING = re.compile(r"(?:#+ |\*\*)Exercise (\d+)\.(\d+) \((★{1,3})\)")
+CHAPTERS = [p for p in NOTEBOOKS if re.match(r"\d\d_", p.name)]
+
+
+def _exercise_headings(path) -> list[str]:
+    """Each exercise's heading: in the markdown cell before its exercise cell, the last line that
+    starts a heading or a bold lead-in (else its first line)."""
+    nb = nbformat.read(path, as_version=4)
+    headings = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "code" and "exercise" in _tags(cell):
+            statement = next(c for c in reversed(nb.cells[:i]) if c.cell_type == "markdown")
+            lines = statement.source.strip().splitlines()
+            headings.append(([line for line in lines if re.match(r"#+ |\*\*", line)] or lines[:1])[-1])
+    return headings
+
+
+def test_exercises_are_numbered_by_chapter_and_marked_by_difficulty():
+    """One scheme book-wide: 'Exercise N.k (★..)', N the chapter, k = 1, 2, ... in each chapter; and at
+    least a third of all exercises two stars or more."""
+    wrong, stars = [], []
+    for path in CHAPTERS:
+        chapter = int(path.name[:2])
+        for k, heading in enumerate(_exercise_headings(path), start=1):
+            match = EXERCISE_HEADING.match(heading)
+            if not match or (int(match[1]), int(match[2])) != (chapter, k):
+                wrong.append(f"{path.name}: {heading[:90]!r} (want 'Exercise {chapter}.{k} (★...)' to start it)")
+            if match:
+                stars.append(len(match[3]))
+    assert not wrong, "exercise headings that do not match the scheme:\n" + "\n".join(wrong)
+    harder = sum(s >= 2 for s in stars)
+    assert 3 * harder >= len(stars), f"{harder} of {len(stars)} exercises have two stars or more: fewer than a third"

@@ -1,4 +1,4 @@
-"""The online softmax of swa_tutorial.online_softmax against the softmax over all keys at once."""
+"""The online softmax of swa_tutorial.steps.online_softmax against the softmax over all keys at once."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from swa_tutorial import dense_attention, labelled_qkv
-from swa_tutorial.online_softmax import RowState, finish, start, step
-from swa_tutorial.softmax import masked_softmax
-from swa_tutorial.windows import window_mask
+from swa_tutorial.steps.online_softmax import RowState, finish, start, step
+from swa_tutorial.core.softmax import lse_from_probs, masked_softmax
+from swa_tutorial.core.windows import window_mask
 
 
 def fold(scores, allowed, values, cuts):
@@ -45,6 +45,13 @@ def test_fold_equals_the_softmax_over_all_keys(problem):
     assert not out.isnan().any() and not lse.isnan().any()
     torch.testing.assert_close(out, probs @ values, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(lse, expected_lse, rtol=1e-12, atol=1e-12)
+
+
+@given(st.integers(1, 6), st.integers(1, 24), st.sampled_from([1.0, 30.0, 1e3]), st.integers(0, 2**16))
+def test_lse_from_probs_is_the_logsumexp(rows, n, spread, seed):
+    scores = spread * torch.randn(rows, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    lse = lse_from_probs(scores.amax(dim=-1), scores.softmax(dim=-1))
+    torch.testing.assert_close(lse, scores.logsumexp(dim=-1), rtol=1e-12, atol=1e-12)
 
 
 def test_a_row_with_no_key_gets_zero_and_minus_infinity():

@@ -11,18 +11,8 @@ from __future__ import annotations
 import torch
 
 from cases import assert_close64
-from swa_tutorial import (
-    band_scores,
-    band_to_dense,
-    chunk,
-    chunk_scores,
-    dense_attention,
-    dense_to_band,
-    labelled_qkv,
-    merge_heads,
-    num_chunks,
-    sliding_window_attention,
-)
+from swa_tutorial import (band_scores, band_to_dense, chunk, chunk_scores, dense_attention, dense_to_band, labelled_qkv,
+                          merge_heads, num_chunks, sliding_window_attention)
 
 L, W = 8, 2
 

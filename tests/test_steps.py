@@ -12,24 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cases import assert_close64
-from swa_tutorial import (
-    band_mask,
-    band_scores,
-    band_softmax,
-    band_times_values,
-    band_to_dense,
-    chunk,
-    chunk_scores,
-    dense_band_mask,
-    dense_to_band,
-    merge_heads,
-    num_chunks,
-    padded_length,
-    skew,
-    split_heads,
-    unskew,
-    value_chunks,
-)
+from swa_tutorial import (band_mask, band_scores, band_softmax, band_times_values, band_to_dense, chunk, chunk_scores,
+                          dense_band_mask, dense_to_band, merge_heads, num_chunks, padded_length, skew, split_heads,
+                          unskew, value_chunks)
 
 seeds = st.integers(0, 2**32 - 1)
 

@@ -27,7 +27,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cases import HEAD_DIMS, assert_close64
 from swa_tutorial import dense_attention
 from swa_tutorial.backends import tiles
-from swa_tutorial.windows import clip_window, window_mask
+from swa_tutorial.core.tiling import tile_groups
+from swa_tutorial.core.windows import clip_window, window_mask
 
 LAYOUTS = ("contiguous", "heads_first", "strided", "expanded")
 PADDINGS = ("none", "random", "gap", "empty_row")
@@ -288,7 +289,7 @@ def test_inputs_are_not_modified():
 def test_tile_groups_cover_every_query_and_its_keys(L, left, right, rows, cells):
     """Each query is in exactly one tile; that tile's span holds all its keys and stays in [0, L)."""
     window = clip_window((left, right), L - 1)
-    groups = tiles.tile_groups(L, window, rows, cells)
+    groups = tile_groups(L, window, rows, cells)
     span = groups[0].span
     assert span == min(min(rows, L) + sum(window), L)
     seen = torch.zeros(L, dtype=torch.int64)
@@ -309,7 +310,7 @@ def test_tile_groups_cover_every_query_and_its_keys(L, left, right, rows, cells)
 def test_add_spans_is_the_adjoint_of_spans(L, window, rows):
     """<spans(x), g> = <x, add_spans(g)> for every group: the backward adds each gradient where
     the forward read it."""
-    for group in tiles.tile_groups(L, window, rows, 3 * rows * (rows + sum(window))):
+    for group in tile_groups(L, window, rows, 3 * rows * (rows + sum(window))):
         x = torch.randn(L, 3, dtype=torch.float64)
         g = torch.randn(group.tiles, group.span, 3, dtype=torch.float64)
         back = torch.zeros_like(x)

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from swa_tutorial import sliding_window_attention
-from swa_tutorial.backends import chunks
-from swa_tutorial.backends.tiles import tile_groups
+from swa_tutorial.backends import chunked as chunks
+from swa_tutorial.core.tiling import tile_groups
+from swa_tutorial.backends import tiles
 from swa_tutorial.bench import bandwidth
-from swa_tutorial.bench import traffic as traffic_tool
-from swa_tutorial.traffic import count_traffic, fused_traffic, tile_work, touched_bytes
-from swa_tutorial.windows import window_mask
+from swa_tutorial.tutorial.traffic import count_traffic, fused_traffic, tile_work, touched_bytes
+from swa_tutorial.core.windows import window_mask
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("traffic_history", ROOT / "tools" / "traffic_history.py")
+traffic_tool = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(traffic_tool)  # repository tooling, not part of the installed package
 
 
 def test_elementwise_reads_its_inputs_and_writes_its_output():
@@ -84,7 +92,7 @@ def test_the_tiles_backend_counts_on_meta_tensors_as_on_real_ones():
     _, on_cpu = count_traffic(sliding_window_attention, *real, window, backend="tiles")
     _, on_meta = count_traffic(sliding_window_attention, *meta, window, backend="tiles")
     assert [(o.op, o.read, o.written, o.flops) for o in on_cpu] == [(o.op, o.read, o.written, o.flops) for o in on_meta]
-    groups = tile_groups(L, window)
+    groups = tile_groups(L, window, tiles.TILE_ROWS, tiles.GROUP_CELLS)
     assert {g.key_step for g in groups} == {0, groups[0].rows} and L % groups[0].rows
     cells = sum(g.tiles * g.rows * g.span for g in groups)
     assert sum(o.flops for o in on_meta) == 2 * B * H * (d + d_v) * cells

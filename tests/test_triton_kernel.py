@@ -4,8 +4,9 @@ The kernel runs on the CPU under Triton's interpreter (TRITON_INTERPRET=1, set i
 whose tiles are 16 x 16: the small lengths here cross several query and key tiles, and the
 windows make every kind of key tile (skipped, full, partial) occur. Most cases go through
 :func:`swa_tutorial.bench.triton_check.check`, the check a GPU run makes on CUDA: outputs,
-log-sum-exps and the gradients of both against float64 dense attention; float32 and the half
-types against the error of PyTorch's SDPA on the same rounded inputs.
+log-sum-exps and the gradients of both against float64 dense attention (k and v repeated to the
+query heads for grouped heads, the scores capped from the definition for a softcap); float32 and
+the half types against the error of PyTorch's SDPA on the same rounded inputs.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from hypothesis import strategies as st
 import swa_tutorial.backends
 from cases import assert_close64
 from swa_tutorial import dense_attention
-from swa_tutorial.backends import triton_kernel
-from swa_tutorial.backends.triton_kernel import attend, key_tile_span, launch_config, span_table
+from swa_tutorial.backends.triton import launcher as triton_kernel
+from swa_tutorial.backends.triton.launcher import attend, launch_config
+from swa_tutorial.core.tiling import key_tile_span, span_table
 from swa_tutorial.bench import triton_check
-from swa_tutorial.bench.triton_check import PADDINGS, Case, check, sees_a_key
+from swa_tutorial.bench.triton_check import Case, PADDINGS, check, sees_a_key
 
 BLOCK = launch_config(torch.float32, 16, 16, interpreted=True)[0]  # the interpreter's tiles (16)
 
@@ -40,6 +42,7 @@ def assert_ok(case: Case) -> None:
 # float64: outputs, lse and the gradients of both equal dense attention's within 1e-10.
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize(
     "case",
     [
@@ -52,6 +55,11 @@ def assert_ok(case: Case) -> None:
         Case(1, 45, 1, 8, 3, (0, 33)),  # anticausal
         Case(2, 33, 1, 2, 2, (32, 32), "padded_batch_row", scale=2.0),  # every key in every window
         Case(2, 40, 2, 8, 6, (5, 9), "random", layout="strided"),  # transposed q, expanded k, strided v
+        # grouped heads (H_kv = 1: multi-query) and softcap, scores large enough for the cap to bend them
+        Case(1, 40, 4, 8, 8, (5, 9), "random", kv_heads=1, softcap=5.0, score_std=16.0),
+        Case(1, 37, 4, 16, 8, (7, 0), "tail", kv_heads=2, softcap=5.0, score_std=16.0),  # causal
+        Case(1, 37, 2, 8, 8, (6, 6), "blind_queries", kv_heads=2, softcap=5.0, score_std=16.0),  # symmetric
+        Case(2, 33, 2, 8, 6, (3, 30), "padded_batch_row", layout="strided", kv_heads=1),
     ],
     ids=repr,
 )
@@ -68,26 +76,32 @@ def problems(draw, max_len=70):
     shape = draw(st.sampled_from(("pair", "causal", "anticausal", "symmetric")))
     window = {"causal": (left, 0), "anticausal": (0, right), "symmetric": (left, left)}.get(shape, (left, right))
     d = draw(st.sampled_from((1, 3, 16, 20, 32)))
+    heads = draw(st.integers(1, 2))
     return Case(
         batch=draw(st.integers(1, 2)),
         seq_len=L,
-        heads=draw(st.integers(1, 2)),
+        heads=heads,
+        kv_heads=draw(st.sampled_from((1, heads))),
+        softcap=draw(st.sampled_from((0.0, 0.0, 5.0))),
         head_dim=d,
         value_dim=draw(st.sampled_from((d, 5))),
         window=window,
         padding=draw(st.sampled_from(PADDINGS)),
         layout=draw(st.sampled_from(("contiguous", "contiguous", "strided"))),
         scale=draw(st.sampled_from((None, 0.3, 2.0))),
+        score_std=draw(st.sampled_from((1.0, 16.0))),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
 
 
+@pytest.mark.triton
 @settings(max_examples=16)
 @given(problems())
 def test_float64_random_cases(case):
     assert_ok(case)
 
 
+@pytest.mark.triton
 def test_query_with_no_key_gives_zero_output_minus_inf_lse_and_zero_gradients():
     B, L, H, d = 2, 40, 2, 8
     g = torch.Generator().manual_seed(0)
@@ -164,21 +178,49 @@ def test_a_query_tile_visits_no_more_key_tiles_than_its_span_covers(L, left, rig
 # gradcheck, non-finite inputs.
 
 
-@pytest.mark.parametrize("window, padding", [((2, 1), "none"), ((0, 3), "tail")])
-def test_gradcheck(window, padding):
-    """Finite differences of out and lse (lse without its -inf rows) in q, k and v."""
-    B, L, H, d = 1, 6, 1, 2
+@pytest.mark.triton
+@pytest.mark.parametrize("window, padding, heads, softcap", [((2, 1), "none", 1, 0.0), ((0, 3), "tail", 2, 1.5)])
+def test_gradcheck(window, padding, heads, softcap):
+    """Finite differences of out and lse (lse without its -inf rows) in q, k and v; with two
+    query heads reading one key/value head and a softcap small enough to bend the scores (there
+    in gradcheck's fast mode, one random projection of the Jacobian, for the interpreter's sake:
+    the float64 cases above compare every gradient with dense attention's)."""
+    B, L, d = 1, 6, 2
     g = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(B, L, H, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(B, L, h, d, generator=g, dtype=torch.float64, requires_grad=True) for h in (heads, 1, 1))
     mask = None if padding == "none" else torch.tensor([[False] * 4 + [True] * 2])
 
     def attention(q, k, v):
-        out, lse = attend(q, k, v, window, mask, 0.8)
+        out, lse = attend(q, k, v, window, mask, 0.8, softcap)
         return out, torch.where(torch.isinf(lse), 0.0, lse)
 
-    assert torch.autograd.gradcheck(attention, (q, k, v))
+    assert torch.autograd.gradcheck(attention, (q, k, v), fast_mode=heads > 1)
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("upstream", ["constant", "squared"])
+def test_a_second_derivative_raises_instead_of_dropping_the_attention_term(upstream):
+    """create_graph=True gives the first derivatives unchanged; differentiating them again (a
+    gradient penalty) raises and names the backends with second derivatives. "constant": the
+    upstream gradient does not depend on the inputs (loss = out.sum()), where a gradient without
+    a graph would have been silently taken as constant."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 20, 2, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+
+    def loss():
+        out, _ = attend(q, k, v, (3, 1), None, 0.5, 2.0)
+        return out.sum() if upstream == "constant" else out.square().sum()
+
+    first = torch.autograd.grad(loss(), (q, k, v))
+    grads = torch.autograd.grad(loss(), (q, k, v), create_graph=True)
+    for a, b in zip(grads, first):
+        assert torch.equal(a, b)
+    penalty = sum(x.square().sum() for x in grads)
+    with pytest.raises(RuntimeError, match="backend 'triton' computes first derivatives only.*'dense' or 'chunks' or 'tiles'"):
+        torch.autograd.grad(penalty, q)
+
+
+@pytest.mark.triton
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
 def test_non_finite_inputs_reach_exactly_the_rows_that_score_them():
     B, L, H, d = 1, 40, 1, 4
@@ -194,6 +236,7 @@ def test_non_finite_inputs_reach_exactly_the_rows_that_score_them():
     assert torch.equal(lse.isnan(), nan_rows)
 
 
+@pytest.mark.triton
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 @pytest.mark.filterwarnings("ignore:divide by zero encountered:RuntimeWarning")  # log(0), for the NaN row
 def test_a_query_scoring_minus_inf_against_all_its_keys_is_nan_as_in_dense_attention():
@@ -218,18 +261,26 @@ def test_a_query_scoring_minus_inf_against_all_its_keys_is_nan_as_in_dense_atten
 # float32, float16, bfloat16 against PyTorch's SDPA on the same rounded inputs.
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 @pytest.mark.parametrize(
-    "score_std, window, padding, layout",
-    [(1, (9, 30), "none", "contiguous"), (4, (20, 3), "random", "strided"), (16, (60, 60), "tail", "contiguous")],
+    "score_std, window, padding, layout, kv_heads, softcap",
+    [
+        (1, (9, 30), "none", "contiguous", 1, 0.0),
+        (4, (20, 3), "random", "strided", 2, 5.0),
+        (16, (60, 60), "tail", "contiguous", 1, 5.0),
+    ],
 )
-def test_low_precision_error_against_sdpa(dtype, score_std, window, padding, layout):
+def test_low_precision_error_against_sdpa(dtype, score_std, window, padding, layout, kv_heads, softcap):
     """Out (rounded to the dtype) within 1.5 times SDPA's error against float64; lse within 1.5
     times a float32 logsumexp's; gradients within 1.5 times SDPA's plus the first-order effect
-    of rounding P and dS before their products (triton_check.product_rounding_bounds)."""
-    assert_ok(Case(1, 64, 2, 32, 32, window, padding, dtype=dtype, layout=layout, score_std=score_std, seed=score_std))
+    of rounding P and dS before their products (triton_check.product_rounding_bounds). With a
+    softcap, which SDPA cannot apply, float32 dense attention is the yardstick (see triton_check)."""
+    case = Case(1, 64, 2, 32, 32, window, padding, dtype, layout, score_std, seed=score_std, kv_heads=kv_heads, softcap=softcap)
+    assert_ok(case)
 
 
+@pytest.mark.triton
 def test_the_gpu_check_runs_and_writes_its_results(tmp_path):
     """python -m swa_tutorial.bench.triton_check --tiny, as a GPU run makes it without --tiny."""
     path = tmp_path / "check.json"
@@ -244,14 +295,14 @@ def test_the_gpu_check_runs_and_writes_its_results(tmp_path):
 
 
 def test_importing_the_package_and_the_backend_does_not_import_triton():
-    code = "import sys, swa_tutorial, swa_tutorial.backends.triton_kernel; print('triton' in sys.modules)"
+    code = "import sys, swa_tutorial, swa_tutorial.backends.triton.launcher; print('triton' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
 
 def test_without_triton_the_error_names_the_backend(monkeypatch):
-    monkeypatch.setitem(sys.modules, "swa_tutorial.backends._triton_jit", None)  # importing it fails
-    monkeypatch.delattr(swa_tutorial.backends, "_triton_jit", raising=False)
+    monkeypatch.setitem(sys.modules, "swa_tutorial.backends.triton.kernels", None)  # importing it fails
+    monkeypatch.delattr(swa_tutorial.backends.triton, "kernels", raising=False)
     q = torch.zeros(1, 4, 1, 2)
     with pytest.raises(RuntimeError, match="backend 'triton' needs the triton package"):
         attend(q, q, q, (1, 1), None, 1.0)
@@ -260,11 +311,12 @@ def test_without_triton_the_error_names_the_backend(monkeypatch):
 def test_cpu_tensors_need_the_interpreter():
     q = torch.zeros(1, 4, 1, 2)
     with pytest.raises(ValueError, match="backend 'triton' runs CPU tensors only under Triton's interpreter"):
-        triton_kernel._check_device(q, interpreted=False)
+        triton_kernel.check_device(q, interpreted=False)
     with pytest.raises(ValueError, match="backend 'triton' runs CUDA tensors"):
-        triton_kernel._check_device(q.to("meta"), interpreted=True)
+        triton_kernel.check_device(q.to("meta"), interpreted=True)
 
 
+@pytest.mark.triton
 def test_through_the_entry_point_with_dilation_and_padding():
     """backend="triton" from sliding_window_attention: per-head dilations (residue classes
     folded into the batch around the kernel) and key padding, against dense attention."""

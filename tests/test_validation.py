@@ -9,28 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from swa_tutorial import (
-    band_mask,
-    band_scores,
-    band_softmax,
-    band_times_values,
-    band_to_dense,
-    chunk,
-    chunk_scores,
-    dense_attention,
-    dense_band_mask,
-    dense_to_band,
-    labelled_qkv,
-    loop_attention,
-    merge_heads,
-    num_chunks,
-    padded_length,
-    skew,
-    sliding_window_attention,
-    split_heads,
-    unskew,
-    value_chunks,
-)
+from swa_tutorial import (band_mask, band_scores, band_softmax, band_times_values, band_to_dense, chunk, chunk_scores,
+                          dense_attention, dense_band_mask, dense_to_band, labelled_qkv, loop_attention, merge_heads,
+                          num_chunks, padded_length, skew, sliding_window_attention, split_heads, unskew, value_chunks)
 
 ENTRY_POINTS = (sliding_window_attention, dense_attention, loop_attention)
 B, L, H, D = 2, 6, 3, 4
@@ -47,8 +28,11 @@ def qkv(**changes):
     return tensors["q"], tensors["k"], tensors["v"]
 
 
-TENSOR = r"must be a torch\.Tensor of shape \[B, L, H, d\], got "
-RANK = r"must have 4 dimensions \[B, L, H, d\], got "
+# q, k, v named with their own dims: [B, L, H, d] (loop_attention, square) or [B, L_q, H, d],
+# [B, L_k, H_kv, d], [B, L_k, H_kv, d_v] (grouped heads, queries and keys of their own lengths).
+DIMS = r"\[B, L(_q|_k)?, H(_kv)?, d(_v)?\]"
+TENSOR = r"must be a torch\.Tensor of shape " + DIMS + ", got "
+RANK = r"must have 4 dimensions " + DIMS + ", got "
 BAD_TENSORS = {  # name: (the arguments that replace valid ones, the exception, its message)
     "q not a tensor": (dict(q=[[1.0]]), TypeError, "q " + TENSOR + "list"),
     "v not a tensor": (dict(v=None), TypeError, "v " + TENSOR + "NoneType"),
@@ -64,18 +48,6 @@ BAD_TENSORS = {  # name: (the arguments that replace valid ones, the exception, 
     ),
     "q of rank 3": (dict(q=tensor(B, L, H * D)), ValueError, "q " + RANK + r"3 \(shape \(2, 6, 12\)\)"),
     "v of rank 5": (dict(v=tensor(B, L, H, D, 1)), ValueError, "v " + RANK + "5"),
-    "k shorter": (
-        dict(k=tensor(B, L - 1, H, D)),
-        ValueError,
-        r"k must have the same shape as q \(2, 6, 3, 4\), got \(2, 5, 3, 4\)",
-    ),
-    "k other head dim": (dict(k=tensor(B, L, H, D + 1)), ValueError, r"k must have the same shape as q"),
-    "v other heads": (
-        dict(v=tensor(B, L, H + 1, D)),
-        ValueError,
-        r"v must match q in \[B, L, H\] = \(2, 6, 3\), got \(2, 6, 4\)",
-    ),
-    "v other batch": (dict(v=tensor(B + 1, L, H, D)), ValueError, r"v must match q in \[B, L, H\]"),
     "k float32": (
         dict(k=tensor(B, L, H, D, dtype=torch.float32)),
         TypeError,
@@ -96,6 +68,37 @@ BAD_TENSORS = {  # name: (the arguments that replace valid ones, the exception, 
         ValueError,
         r"v must be on the same device as q \(cpu\), got meta",
     ),
+}
+# loop_attention takes one sequence of L tokens and H heads for q, k and v alike.
+SQUARE_SHAPES = {
+    "k shorter": (
+        dict(k=tensor(B, L - 1, H, D)),
+        ValueError,
+        r"k must have the same shape as q \(2, 6, 3, 4\), got \(2, 5, 3, 4\)",
+    ),
+    "k other head dim": (dict(k=tensor(B, L, H, D + 1)), ValueError, r"k must have the same shape as q"),
+    "v other heads": (
+        dict(v=tensor(B, L, H + 1, D)),
+        ValueError,
+        r"v must match q in \[B, L, H\] = \(2, 6, 3\), got \(2, 6, 4\)",
+    ),
+    "v other batch": (dict(v=tensor(B + 1, L, H, D)), ValueError, r"v must match q in \[B, L, H\]"),
+}
+# The entry point and dense_attention take grouped heads and L_q != L_k (tests/test_flash_features.py).
+GROUPED_SHAPES = {
+    "k other batch": (dict(k=tensor(B + 1, L, H, D)), ValueError, r"k must have q's batch size B = 2, got 3"),
+    "k other head dim": (dict(k=tensor(B, L, H, D + 1)), ValueError, r"k must have q's head dim d = 4, got 5"),
+    "k heads not dividing": (
+        dict(k=tensor(B, L, 2, D), v=tensor(B, L, 2, D)),
+        ValueError,
+        r"k's heads H_kv = 2 must divide q's heads H = 3 \(grouped heads",
+    ),
+    "v other heads": (
+        dict(v=tensor(B, L, H + 1, D)),
+        ValueError,
+        r"v must match k in \[B, L_k, H_kv\] = \(2, 6, 3\), got \(2, 6, 4\)",
+    ),
+    "v other length": (dict(v=tensor(B, L - 1, H, D)), ValueError, r"v must match k in \[B, L_k, H_kv\]"),
 }
 
 
@@ -144,10 +147,13 @@ BAD_SCALES = {
 }
 
 BAD_INPUTS = {**BAD_TENSORS, **BAD_WINDOWS, **BAD_MASKS, **BAD_SCALES}
+CASES = [(fn, name, case) for fn in ENTRY_POINTS for name, case in BAD_INPUTS.items()]
+CASES += [(loop_attention, name, case) for name, case in SQUARE_SHAPES.items()]
+CASES += [(fn, name, case) for fn in (sliding_window_attention, dense_attention) for name, case in GROUPED_SHAPES.items()]
 
 
-@pytest.mark.parametrize("fn", ENTRY_POINTS)
-@pytest.mark.parametrize("case", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+@pytest.mark.parametrize("fn, case", [(fn, case) for fn, _, case in CASES],
+                         ids=[f"{fn.__name__}-{name}" for fn, name, _ in CASES])
 def test_bad_input_raises_a_clear_error(fn, case):
     arguments, error, message = case
     q, k, v = qkv(**{name: arguments[name] for name in "qkv" if name in arguments})
@@ -331,3 +337,79 @@ def test_band_mask_of_no_tokens_is_empty():
 def test_return_lse_must_be_a_bool(return_lse):
     with pytest.raises(TypeError, match="return_lse must be a bool"):
         sliding_window_attention(*qkv(), 2, return_lse=return_lse)
+
+
+# FlashAttention's arguments (issue 17): each bad one named in its error.
+
+T = 7  # packed tokens of two documents, 3 + 4
+CU = torch.tensor([0, 3, 7], dtype=torch.int32)
+
+
+def packed(**changes) -> dict:
+    """Valid packed arguments: q, k, v [7, 3, 4], cu_seqlens_q and cu_seqlens_k, with ``changes``."""
+    arguments = dict(q=torch.randn(T, H, D, dtype=torch.float64), k=torch.randn(T, H, D, dtype=torch.float64),
+                     v=torch.randn(T, H, D, dtype=torch.float64), cu_seqlens_q=CU, cu_seqlens_k=CU)
+    arguments.update(changes)
+    return arguments
+
+
+FLASH_HABIT = r"convert it with swa_tutorial\.integrations\.conventions\.from_flash_attn, or call swa_tutorial\.flash_attn_func"
+BAD_FEATURES = {  # name: (keyword arguments (q, k, v: batched ones unless given), exception, message)
+    "softcap negative": (dict(softcap=-1.0), ValueError, r"softcap must be a finite real number >= 0 \(0 = no cap\), got -1\.0"),
+    "softcap infinite": (dict(softcap=float("inf")), ValueError, r"softcap must be a finite real number >= 0"),
+    "softcap a string": (dict(softcap="1"), TypeError, r"softcap must be a real number >= 0 \(0 = no cap\), got str"),
+    "sinks a list": (dict(sinks=[0.0] * H), TypeError, r"sinks must be a torch\.Tensor of shape \[H\], got list"),
+    "sinks per kv head": (dict(sinks=tensor(H + 1)), ValueError, r"sinks must have shape \[H\] = \[3\] \(one logit per query head\), got \[4\]"),
+    "sinks of integers": (dict(sinks=tensor(H, dtype=torch.int64)), TypeError, r"sinks must have dtype float64, float32, float16 or bfloat16"),
+    "sinks on meta": (dict(sinks=tensor(H, device="meta")), ValueError, r"sinks must be on the same device as q"),
+    "FlashAttention's -1 left": (dict(window=(-1, 0)), ValueError, r"window's left must be an int >= 0 or None, got -1; .*" + FLASH_HABIT),
+    "FlashAttention's -1 right": (dict(window=(4, -1)), ValueError, r"window's right must be an int >= 0 or None, got -1; .*" + FLASH_HABIT),
+    "cu_seqlens int64": (packed(cu_seqlens_q=CU.long()), TypeError, r"cu_seqlens_q must have dtype torch\.int32 \(FlashAttention's varlen convention\), got torch\.int64"),
+    "cu_seqlens a list": (packed(cu_seqlens_k=[0, 3, 7]), TypeError, r"cu_seqlens_k must be an int32 torch\.Tensor \[n_docs \+ 1\]"),
+    "cu_seqlens 2-D": (packed(cu_seqlens_q=CU[None]), ValueError, r"cu_seqlens_q must be a 1-D tensor \[n_docs \+ 1\]"),
+    "cu_seqlens not from 0": (packed(cu_seqlens_q=CU + 1), ValueError, r"cu_seqlens_q must start at 0, got 1"),
+    "cu_seqlens decreasing": (
+        packed(cu_seqlens_k=torch.tensor([0, 5, 3, 7], dtype=torch.int32), cu_seqlens_q=torch.tensor([0, 1, 2, 7], dtype=torch.int32)),
+        ValueError,
+        r"cu_seqlens_k must be non-decreasing, got 5 then 3 \(entries 1, 2\)",
+    ),
+    "cu_seqlens short of the tokens": (packed(cu_seqlens_q=CU[:2]), ValueError, r"cu_seqlens_q must end at the number of tokens T = 7, got 3"),
+    "cu_seqlens_k missing": (packed(cu_seqlens_k=None), ValueError, r"cu_seqlens_k must be given too: packed sequences need both"),
+    "documents differ in number": (
+        packed(cu_seqlens_k=torch.tensor([0, 7], dtype=torch.int32)),
+        ValueError,
+        r"cu_seqlens_k must describe as many documents as cu_seqlens_q \(2\), got 1",
+    ),
+    "packed q of rank 4": (packed(q=tensor(1, T, H, D)), ValueError, r"q must have 3 dimensions \[T_q, H, d\] \(packed sequences"),
+    "packed with a padding mask": (packed(key_padding_mask=torch.zeros(1, T, dtype=torch.bool)), ValueError, r"key_padding_mask must be None with packed sequences"),
+}
+ENTRY_ONLY = {  # the arguments dense_attention does not take
+    "dropout 1": (dict(dropout=1.0), ValueError, r"dropout must be a probability in \[0, 1\), got 1\.0"),
+    "dropout negative": (dict(dropout=-0.1), ValueError, r"dropout must be a probability in \[0, 1\), got -0\.1"),
+    "dropout a bool": (dict(dropout=True), TypeError, r"dropout must be a probability in \[0, 1\), got bool"),
+    "max_seqlen_q below a document": (packed(max_seqlen_q=3), ValueError, r"max_seqlen_q must be at least the longest document's length 4, got 3"),
+    "max_seqlen_k not an int": (packed(max_seqlen_k=4.0), TypeError, r"max_seqlen_k must be an int >= 0, got float"),
+    "max_seqlen without packing": (dict(max_seqlen_q=4), ValueError, r"max_seqlen_q is only taken with packed sequences"),
+}
+FEATURE_CASES = [(fn, name, case) for fn in (sliding_window_attention, dense_attention) for name, case in BAD_FEATURES.items()]
+FEATURE_CASES += [(sliding_window_attention, name, case) for name, case in ENTRY_ONLY.items()]
+
+
+@pytest.mark.parametrize("fn, case", [(fn, case) for fn, _, case in FEATURE_CASES],
+                         ids=[f"{fn.__name__}-{name}" for fn, name, _ in FEATURE_CASES])
+def test_bad_flash_attention_arguments_raise_a_clear_error(fn, case):
+    arguments, error, message = case
+    arguments = dict(arguments)
+    q, k, v = (arguments.pop(name) for name in "qkv") if "q" in arguments else qkv()
+    window = arguments.pop("window", 2)
+    with pytest.raises(error, match=message):
+        fn(q, k, v, window, **arguments)
+
+
+def test_valid_packed_arguments_pass_the_checks():
+    """The packed arguments above are valid as they stand (each bad case changes one thing), with
+    max_seqlen at or above the longest document."""
+    arguments = packed()
+    q, k, v = (arguments.pop(name) for name in "qkv")
+    out = sliding_window_attention(q, k, v, 2, max_seqlen_q=4, max_seqlen_k=9, **arguments)
+    torch.testing.assert_close(out, dense_attention(q, k, v, 2, **arguments), rtol=0, atol=1e-12)

@@ -21,7 +21,7 @@ from cases import assert_close64, window_cases
 from swa_tutorial import dense_attention, loop_attention, sliding_window_attention
 from swa_tutorial.backends import BACKENDS
 from swa_tutorial.reference import allowed_keys
-from swa_tutorial.windows import check_dilation, check_window
+from swa_tutorial.core.windows import check_dilation, check_window
 
 # The triton backend runs here under Triton's interpreter, slowly: it gets the property test on
 # small problems only (test_triton_on_small_problems); tests/test_triton_kernel.py holds the rest.
@@ -54,6 +54,7 @@ def test_out_and_lse_match_the_dense_reference(backend, data):
     assert_close64(lse[~blind], ref_lse[~blind])
 
 
+@pytest.mark.triton
 @settings(max_examples=8)
 @given(window_cases(max_len=40, head_dims=(1, 3, 16), max_batch=2, max_heads=2))
 def test_triton_on_small_problems(case):
@@ -174,7 +175,7 @@ def test_an_asymmetric_window_costs_a_band_of_about_left_plus_right(window, band
     """The chunks backend scores a band of 2 ceil((left + right) / 2) + 1 columns, not the
     2 max(left, right) + 1 of a symmetric window that holds it: a causal (w, 0) costs w + 1
     (w even) or w + 2 (w odd) columns."""
-    from swa_tutorial.backends import chunks
+    from swa_tutorial.backends import chunked as chunks
 
     widths = []
     real = chunks.band_scores

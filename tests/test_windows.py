@@ -13,7 +13,16 @@ from hypothesis import strategies as st
 
 from cases import assert_close64
 from swa_tutorial import dense_attention, dense_band_mask, loop_attention
-from swa_tutorial.windows import check_dilation, check_window, clip_window, window_mask
+from swa_tutorial.core.windows import (
+    check_dilation,
+    check_window,
+    clip_window,
+    in_window,
+    key_offsets,
+    keys_per_query,
+    lean_window_mask,
+    window_mask,
+)
 
 sides = st.one_of(st.none(), st.integers(0, 12))
 
@@ -27,6 +36,31 @@ def test_window_mask_is_its_definition(L, left, right, d):
     for i in range(L):
         for j in range(L):
             assert bool(mask[i, j]) == ((j - i) % d == 0 and lo <= j - i <= hi)
+
+
+@given(st.integers(0, 14))
+def test_key_offsets_are_key_minus_query(L):
+    offsets = key_offsets(L)
+    assert offsets.shape == (L, L) and offsets.dtype == torch.int64
+    assert all(int(offsets[i, j]) == j - i for i in range(L) for j in range(L))
+
+
+@given(st.integers(-40, 40), st.integers(0, 12), st.integers(0, 12), st.integers(1, 5))
+def test_in_window_is_its_definition(offset, left, right, d):
+    inside = in_window(torch.tensor(offset), (left, right), d)
+    assert bool(inside) == (offset % d == 0 and -left * d <= offset <= right * d)
+
+
+@given(st.integers(0, 14), sides, sides)
+def test_lean_window_mask_is_the_window_mask(L, left, right):
+    assert torch.equal(lean_window_mask(L, (left, right)), window_mask(L, (left, right)))
+
+
+@pytest.mark.parametrize("window, keys", [((2, 3), 6), ((0, 0), 1), ((7, 0), 8), ((None, 0), None), ((3, None), None)])
+def test_keys_per_query_counts_the_window(window, keys):
+    assert keys_per_query(window) == keys
+    if keys is not None:  # away from the ends, the middle row of a long enough mask
+        assert int(window_mask(2 * keys + 1, window)[keys].sum()) == keys
 
 
 @given(st.integers(1, 14), st.integers(1, 14))

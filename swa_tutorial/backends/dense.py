@@ -8,19 +8,37 @@ the simplest implementation of the backend contract (see :mod:`swa_tutorial.back
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from ..softmax import accumulation_dtype, masked_softmax
-from ..windows import offsets_mask
+from swa_tutorial.core.precision import accumulation_dtype
+from swa_tutorial.core.softmax import masked_softmax
+from swa_tutorial.core.windows import offsets_mask
 
 
-def attend(q, k, v, window, key_padding_mask, scale):
-    """q, k [B, L, H, d], v [B, L, H, d_v], window (left, right) -> out [B, L, H, d_v], lse [B, L, H]."""
+def attend(q, k, v, window, key_padding_mask, scale, softcap=0.0, dropout=0.0, *, dilation=1):
+    """q [B, L_q, H, d], k [B, L_k, H_kv, d], v [B, L_k, H_kv, d_v], window (left, right)
+    -> out [B, L_q, H, d_v], lse [B, L_q, H].
+
+    The one backend that also takes L_q != L_k: the queries are aligned to the end of the keys
+    (query i sits at key position i + L_k - L_q) and the window and the ``dilation`` d are
+    measured from there (:func:`~swa_tutorial.core.windows.offsets_mask`). Grouped heads are one
+    product per key/value head, never repeated. ``softcap`` c > 0 caps the scaled scores at
+    c tanh(s / c) before the mask; ``dropout`` p > 0 drops each probability with probability p
+    and scales the kept ones by 1 / (1 - p) (lse stays that of the undropped softmax).
+    """
     acc = accumulation_dtype(q.dtype)
-    L = q.shape[1]
-    scores = torch.einsum("bihd,bjhd->bhij", q.to(acc) * scale, k.to(acc))  # B x H x L x L
-    allowed = offsets_mask(L, window, device=q.device)[None, None]  # 1 x 1 x L x L
+    L_q, H = q.shape[1:3]
+    L_k, H_kv = k.shape[1:3]
+    grouped = (q.to(acc) * scale).unflatten(2, (H_kv, H // H_kv))  # B x L_q x H_kv x g x d
+    scores = torch.einsum("bigrd,bjgd->bgrij", grouped, k.to(acc)).flatten(1, 2)  # B x H x L_q x L_k
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    key_len = None if L_k == L_q else L_k
+    allowed = offsets_mask(L_q, window, dilation, q.device, key_len=key_len)[None, None]  # 1 x 1 x L_q x L_k
     if key_padding_mask is not None:
-        allowed = allowed & ~key_padding_mask[:, None, None, :]  # B x 1 x L x L
-    probs, lse = masked_softmax(scores, allowed)  # B x H x L x L, B x H x L
-    out = torch.einsum("bhij,bjhd->bihd", probs, v.to(acc))  # B x L x H x d_v
-    return out.contiguous(), lse.transpose(1, 2)
+        allowed = allowed & ~key_padding_mask[:, None, None, :]  # B x 1 x L_q x L_k
+    probs, lse = masked_softmax(scores, allowed)  # B x H x L_q x L_k, B x H x L_q
+    if dropout:
+        probs = F.dropout(probs, dropout)
+    out = torch.einsum("bgrij,bjgd->bigrd", probs.unflatten(1, (H_kv, H // H_kv)), v.to(acc))  # B x L_q x H_kv x g x d_v
+    return out.flatten(2, 3).contiguous(), lse.transpose(1, 2)

@@ -7,10 +7,13 @@ exact: cell (r, c) is kept when -left <= (span start + c) - (i0 + r) <= right an
 padding; every other cell is set to -inf before the softmax (``masked_fill``, never a large
 negative number added). The tiles' spans overlap, but no tile's scores outlive it.
 
-The work, per head, in groups of tiles:
+The work, per key/value head, in groups of tiles. Grouped heads: the H / H_kv query heads that
+read one key/value head score its spans together, the (H / H_kv) b rows of their tile stacked
+into one product, so k and v are indexed, never repeated.
 
-* **Forward.** For each group of g tiles of one head: scores [g, b, span] = Q K^T (q scaled in the
-  accumulation dtype), the cells outside the window masked, P = softmax(scores), O = P V, and each
+* **Forward.** For each group of g tiles of one key/value head: scores [g, (H / H_kv) b, span] = Q K^T
+  (q scaled in the accumulation dtype), with a softcap c > 0 capped at c tanh(scores / c), the
+  cells outside the window masked, P = softmax(scores), O = P V, and each
   row's log-sum-exp lse = m - log(max_j P_ij) (m the row's largest score, since the largest
   weight is exp(m - lse)). A query with no allowed key gets O = 0 and lse = -inf.
 * **Backward** (FlashAttention-2's, recomputing instead of storing): from q, k, v, O and lse,
@@ -20,15 +23,17 @@ The work, per head, in groups of tiles:
       dV_span = P^T dO,  dP = dO V_span^T,  dS = P * (dP - D + dlse),
       dQ = scale * dS K_span,  dK_span = dS^T (scale * Q),
 
-  then adds each tile's dK_span, dV_span to the keys it came from (neighbouring spans overlap,
+  (with a softcap, dS times 1 - tanh^2 of the uncapped score / c first: the derivative of the
+  cap), then adds each tile's dK_span, dV_span to the keys it came from (neighbouring spans overlap,
   so the adds overlap too). The backward is plain differentiable tensor code, so second
   derivatives work (``create_graph=True``: a gradient penalty, a Hessian-vector product), as
   on the chunks; only then does autograd record it, and that record holds every group's
   recomputed weights, B H L (b + left + right) numbers, as many as the band.
 
-Memory: besides O(L d) for the inputs, outputs and gradients, the work on one group of one head
-holds a few tensors of at most g x span x max(b, d, d_v) elements, g the largest number of tiles
-with g b span <= ``GROUP_CELLS`` (at least 1), so the peak does not grow with L, B or H. The
+Memory: besides O(L d) for the inputs, outputs and gradients, the work on one group of one
+key/value head holds a few tensors of at most g x span x max((H / H_kv) b, d, d_v) elements, g
+the largest number of tiles with g (H / H_kv) b span <= ``GROUP_CELLS`` (at least 1), so the peak
+does not grow with L, B or H. The
 tiles' spans are views of k and v (``unfold``), not copies. Near the ends of the sequence a span
 is clamped inside [0, L): tiles there share one span (an ``expand``), so no key outside the
 sequence is ever made up, and a window as wide as the sequence scores L x L cells, as many as
@@ -68,77 +73,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..softmax import accumulation_dtype
+from swa_tutorial.core.precision import accumulation_dtype
+from swa_tutorial.core.tiling import TileGroup, tile_groups
 
 TILE_ROWS = 64  # b: queries per tile
 GROUP_CELLS = 2**19  # the most score cells (tiles x rows x span) one group of one head holds
 
 NEG_INF = float("-inf")
-
-
-@dataclass(frozen=True)
-class TileGroup:
-    """``tiles`` consecutive query tiles of ``rows`` queries each, the first at ``first_query``.
-
-    Tile t scores the ``span`` keys from ``first_key + t * key_step``: ``key_step`` = ``rows``
-    where the span slides with its tile, 0 where every tile of the group sees the same span (at
-    the ends of the sequence, where spans are clamped inside it).
-    """
-
-    first_query: int
-    tiles: int
-    rows: int
-    first_key: int
-    key_step: int
-    span: int
-
-    @property
-    def queries(self) -> slice:
-        """The group's queries: tiles x rows of them."""
-        return slice(self.first_query, self.first_query + self.tiles * self.rows)
-
-    @property
-    def keys(self) -> slice:
-        """Every key some tile of the group scores."""
-        return slice(self.first_key, self.first_key + (self.tiles - 1) * self.key_step + self.span)
-
-
-def tile_groups(seq_len: int, window: tuple[int, int], tile_rows: int = TILE_ROWS,
-                group_cells: int = GROUP_CELLS) -> list[TileGroup]:
-    """Split L queries into tiles of ``tile_rows`` (b) and the tiles into groups.
-
-    Every tile scores span = min(b + left + right, L) keys. A tile's span starts at
-    ``i0 - left`` clamped to [0, L - span]; consecutive tiles whose spans slide (unclamped), or
-    share one clamped start, form runs, cut into groups of at most max(1, group_cells //
-    (b span)) tiles. A last, shorter tile (L not a multiple of b) is a group of its own.
-    """
-    left, right = window
-    rows = min(tile_rows, seq_len)
-    span = min(rows + left + right, seq_len)
-    per_group = max(1, group_cells // (rows * span))
-
-    def span_start(first_query: int) -> int:
-        return min(max(first_query - left, 0), seq_len - span)
-
-    def kind(tile: int) -> int:  # -1: clamped at the start, 0: sliding, 1: clamped at the end
-        start = tile * rows - left
-        return -1 if start < 0 else (1 if start > seq_len - span else 0)
-
-    groups = []
-    full_tiles = seq_len // rows
-    tile = 0
-    while tile < full_tiles:
-        end = tile + 1
-        while end < full_tiles and end - tile < per_group and kind(end) == kind(tile):
-            end += 1
-        first = tile * rows
-        step = rows if kind(tile) == 0 else 0
-        groups.append(TileGroup(first, end - tile, rows, span_start(first), step, span))
-        tile = end
-    if seq_len % rows:
-        first = full_tiles * rows
-        groups.append(TileGroup(first, 1, seq_len - first, span_start(first), 0, span))
-    return groups
 
 
 def spans(keys: torch.Tensor, group: TileGroup) -> torch.Tensor:
@@ -200,113 +141,179 @@ class GroupMask:
         return cls([(slice(0, span), blocked)])
 
     def apply(self, scores: torch.Tensor) -> torch.Tensor:
-        """Set the blocked cells of scores [tiles, rows, span] to -inf, in place."""
+        """Set the blocked cells of scores [tiles, n, rows, span] (its n heads alike) to -inf, in place."""
         for cols, blocked in self.pieces:
-            scores[..., cols].masked_fill_(blocked, NEG_INF)
+            scores[..., cols].masked_fill_(blocked[:, None], NEG_INF)
         return scores
 
 
 @dataclass
 class HeadGroup:
-    """One tile group of one head of one batch row, with its operands in the accumulation dtype."""
+    """One tile group of one key/value head of one batch row, with the H / H_kv query heads that
+    read it (``heads``, n of them below), its operands in the accumulation dtype."""
 
     b: int
-    h: int
+    kv_head: int
+    heads: slice  # the n query heads that read kv_head
     group: TileGroup
     mask: GroupMask
-    q_tiles: torch.Tensor  # tiles x rows x d, already times scale
+    q_tiles: torch.Tensor  # tiles x (n rows) x d, already times scale: head by head, rows within
     k_spans: torch.Tensor  # tiles x span x d (a view where no upcast is needed)
     v_spans: torch.Tensor  # tiles x span x d_v
+    softcap: float
 
     @property
     def rows(self) -> tuple:
         """Index of its queries in a [B, L, H, ...] tensor."""
-        return self.b, self.group.queries, self.h
+        return self.b, self.group.queries, self.heads
+
+    @property
+    def keys(self) -> tuple:
+        """Index of its keys in a [B, L, H_kv, ...] tensor."""
+        return self.b, self.group.keys, self.kv_head
 
     def tiled(self, x: torch.Tensor) -> torch.Tensor:
-        """Its queries' rows of x [B, L, H, ...] as [tiles, rows, ...]."""
-        return x[self.rows].unflatten(0, (self.group.tiles, self.group.rows))
+        """Its queries' rows of x [B, L, H, ...] as [tiles, n, rows, ...]."""
+        return x[self.rows].unflatten(0, (self.group.tiles, self.group.rows)).movedim(2, 1)
 
-    def scores(self) -> torch.Tensor:
-        """scale q . k for every cell, -inf outside the window or at padding: [tiles, rows, span]."""
-        return self.mask.apply(torch.bmm(self.q_tiles, self.k_spans.transpose(1, 2)))
+    def untiled(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`tiled`: [tiles, n, rows, ...] -> [tiles rows, n, ...], a view."""
+        return x.movedim(1, 2).flatten(0, 1)
+
+    def scores(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(scores, t): scale q . k for every cell, capped at c t with t = tanh(q . k scale / c) when
+        ``softcap`` c > 0 (t None without), -inf outside the window or at padding: [tiles, n, rows, span]."""
+        scores = torch.bmm(self.q_tiles, self.k_spans.transpose(1, 2)).unflatten(1, (-1, self.group.rows))
+        capped = None
+        if self.softcap:
+            capped = torch.tanh(scores / self.softcap)
+            scores = capped * self.softcap
+        return self.mask.apply(scores), capped
 
 
-def head_groups(q, k, v, window, key_padding_mask, scale, tile_rows, group_cells):
-    """Every tile group of every head and batch row in turn, as :class:`HeadGroup`."""
-    B, L, H, _ = q.shape
+def head_groups(q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
+    """Every tile group of every key/value head and batch row in turn, as :class:`HeadGroup`.
+    The n = H / H_kv query heads of a key/value head score its spans together, in one product."""
+    B, L, H, d = q.shape
+    kv_heads = k.shape[2]
+    n = H // kv_heads
     acc = accumulation_dtype(q.dtype)
-    for group in tile_groups(L, window, tile_rows, group_cells):
+    for group in tile_groups(L, window, tile_rows, max(1, group_cells // n)):
         blocked = window_blocked(group, window, q.device)
         for b in range(B):
             padding = None if key_padding_mask is None else key_padding_mask[b]
             mask = GroupMask.build(group, window, blocked, padding)
-            for h in range(H):
-                q_tiles = q[b, group.queries, h].unflatten(0, (group.tiles, group.rows)).to(acc) * scale
-                k_spans = spans(k[b, group.keys, h].to(acc), group)
-                yield HeadGroup(b, h, group, mask, q_tiles, k_spans, spans(v[b, group.keys, h].to(acc), group))
+            for kv_head in range(kv_heads):
+                heads = slice(kv_head * n, (kv_head + 1) * n)
+                q_rows = q[b, group.queries, heads].unflatten(0, (group.tiles, group.rows)).movedim(2, 1)
+                q_tiles = q_rows.reshape(group.tiles, n * group.rows, d).to(acc) * scale  # tiles x (n rows) x d
+                k_spans = spans(k[b, group.keys, kv_head].to(acc), group)
+                v_spans = spans(v[b, group.keys, kv_head].to(acc), group)
+                yield HeadGroup(b, kv_head, heads, group, mask, q_tiles, k_spans, v_spans, softcap)
 
 
-def _forward(q, k, v, window, key_padding_mask, scale, tile_rows, group_cells):
+def _forward(q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
     B, L, H, _ = q.shape
     acc = accumulation_dtype(q.dtype)
     out = torch.empty(B, L, H, v.shape[-1], dtype=acc, device=q.device)
     lse = torch.empty(B, L, H, dtype=acc, device=q.device)
-    for work in head_groups(q, k, v, window, key_padding_mask, scale, tile_rows, group_cells):
-        scores = work.scores()  # tiles x rows x span
-        row_max = scores.amax(dim=-1)  # tiles x rows
+    for work in head_groups(q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
+        scores, _ = work.scores()  # tiles x n x rows x span
+        row_max = scores.amax(dim=-1)  # tiles x n x rows
         probs = torch.softmax(scores, dim=-1)
-        out_tiles = torch.bmm(probs, work.v_spans)  # tiles x rows x d_v
+        out_tiles = torch.bmm(probs.flatten(1, 2), work.v_spans).unflatten(1, scores.shape[1:3])  # tiles x n x rows x d_v
         lse_tiles = row_max - probs.amax(dim=-1).log()  # the largest weight is exp(row_max - lse)
         if work.mask.no_key is not None:  # their softmax is 0 / 0
-            out_tiles.masked_fill_(work.mask.no_key[..., None], 0.0)
-            lse_tiles.masked_fill_(work.mask.no_key, NEG_INF)
-        out[work.rows] = out_tiles.flatten(0, 1)
-        lse[work.rows] = lse_tiles.flatten()
+            out_tiles.masked_fill_(work.mask.no_key[:, None, :, None], 0.0)
+            lse_tiles.masked_fill_(work.mask.no_key[:, None], NEG_INF)
+        out[work.rows] = work.untiled(out_tiles)
+        lse[work.rows] = work.untiled(lse_tiles)
     return out, lse
 
 
-def _backward(q, k, v, out, lse, dout, dlse, window, key_padding_mask, scale, tile_rows, group_cells):
+def _backward(q, k, v, out, lse, dout, dlse, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
     acc = out.dtype
     dq, dk, dv = (torch.zeros(x.shape, dtype=acc, device=x.device) for x in (q, k, v))
     lse = lse.masked_fill(lse == NEG_INF, 0.0)  # a query with no key: exp(-inf - 0) = 0 everywhere
-    for work in head_groups(q, k, v, window, key_padding_mask, scale, tile_rows, group_cells):
-        keys = (work.b, work.group.keys, work.h)
-        dout_tiles = work.tiled(dout)  # tiles x rows x d_v
-        probs = work.scores().sub_(work.tiled(lse)[..., None]).exp_()  # tiles x rows x span
-        add_spans(dv[keys], torch.bmm(probs.transpose(1, 2), dout_tiles), work.group)
-        dprobs = torch.bmm(dout_tiles, work.v_spans.transpose(1, 2))  # tiles x rows x span
-        delta = (dout_tiles * work.tiled(out)).sum(dim=-1) - work.tiled(dlse)  # tiles x rows: D - dlse
-        dscores = dprobs.sub_(delta[..., None]).mul_(probs)
-        dq[work.rows] = torch.bmm(dscores, work.k_spans).flatten(0, 1) * scale
-        add_spans(dk[keys], torch.bmm(dscores.transpose(1, 2), work.q_tiles), work.group)
+    for work in head_groups(q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
+        dout_by_head = work.tiled(dout)  # tiles x n x rows x d_v
+        dout_tiles = dout_by_head.flatten(1, 2)  # tiles x (n rows) x d_v
+        scores, capped = work.scores()
+        probs = scores.sub_(work.tiled(lse)[..., None]).exp_().flatten(1, 2)  # tiles x (n rows) x span
+        add_spans(dv[work.keys], torch.bmm(probs.transpose(1, 2), dout_tiles), work.group)
+        dprobs = torch.bmm(dout_tiles, work.v_spans.transpose(1, 2))  # tiles x (n rows) x span
+        delta = (dout_by_head * work.tiled(out)).sum(dim=-1) - work.tiled(dlse)  # tiles x n x rows: D - dlse
+        dscores = dprobs.sub_(delta.flatten(1, 2)[..., None]).mul_(probs)
+        if capped is not None:  # through s -> c tanh(s / c): times 1 - tanh^2
+            dscores = dscores * (1 - capped.square()).flatten(1, 2)
+        dq[work.rows] = work.untiled((torch.bmm(dscores, work.k_spans) * scale).unflatten(1, (-1, work.group.rows)))
+        add_spans(dk[work.keys], torch.bmm(dscores.transpose(1, 2), work.q_tiles), work.group)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
+def _tangent(q, k, v, lse, tangents, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
+    """Forward mode: the change of (out, lse) for a change ``tangents`` = (tq, tk, tv) of (q, k, v),
+    tile group by tile group. With P the weights and dS = scale (tq k^T + q tk^T) the change of
+    the scores (times 1 - tanh^2 under a softcap):
+
+        dlse = sum_c P dS,  dP = P (dS - dlse),  dO = dP V_span + P dV_span.
+    """
+    acc = lse.dtype
+    tangent_out = torch.zeros(*q.shape[:3], v.shape[-1], dtype=acc, device=q.device)
+    tangent_lse = torch.zeros(q.shape[:3], dtype=acc, device=q.device)
+    lse = lse.masked_fill(lse == NEG_INF, 0.0)  # a query with no key: weights exp(-inf - 0) = 0
+    settings = (window, key_padding_mask, scale, softcap, tile_rows, group_cells)
+    for work, moved in zip(head_groups(q, k, v, *settings), head_groups(*tangents, *settings)):
+        scores, capped = work.scores()
+        probs = scores.sub_(work.tiled(lse)[..., None]).exp_()  # tiles x n x rows x span
+        dscores = (torch.bmm(moved.q_tiles, work.k_spans.transpose(1, 2))
+                   + torch.bmm(work.q_tiles, moved.k_spans.transpose(1, 2))).unflatten(1, (-1, work.group.rows))
+        if capped is not None:
+            dscores = dscores * (1 - capped.square())
+        dlse = (probs * dscores).sum(dim=-1)  # tiles x n x rows
+        dprobs = probs * (dscores - dlse[..., None])
+        dout = torch.bmm(dprobs.flatten(1, 2), work.v_spans) + torch.bmm(probs.flatten(1, 2), moved.v_spans)
+        tangent_out[work.rows] = work.untiled(dout.unflatten(1, (-1, work.group.rows)))
+        tangent_lse[work.rows] = work.untiled(dlse)
+    return tangent_out, tangent_lse
+
+
 class TiledAttention(torch.autograd.Function):
-    """(out, lse) from q, k, v; the backward recomputes the scores tile group by tile group."""
+    """(out, lse) from q, k, v; the backward recomputes the scores tile group by tile group, and
+    so does forward mode (:meth:`jvp`: torch.autograd.forward_ad's dual tensors)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, window, key_padding_mask, scale, tile_rows, group_cells):
-        out, lse = _forward(q, k, v, window, key_padding_mask, scale, tile_rows, group_cells)
+    def forward(ctx, q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells):
+        out, lse = _forward(q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells)
         ctx.save_for_backward(q, k, v, out, lse, key_padding_mask)
-        ctx.settings = (window, scale, tile_rows, group_cells)
+        ctx.save_for_forward(q, k, v, lse, key_padding_mask)
+        ctx.settings = (window, scale, softcap, tile_rows, group_cells)
         return out, lse
+
+    @staticmethod
+    def jvp(ctx, tq, tk, tv, *_):
+        q, k, v, lse, key_padding_mask = ctx.saved_tensors
+        window, scale, softcap, tile_rows, group_cells = ctx.settings
+        tangents = [torch.zeros_like(x) if t is None else t for x, t in zip((q, k, v), (tq, tk, tv))]
+        return _tangent(q, k, v, lse, tangents, window, key_padding_mask, scale, softcap, tile_rows, group_cells)
 
     @staticmethod
     def backward(ctx, dout, dlse):
         q, k, v, out, lse, key_padding_mask = ctx.saved_tensors
-        window, scale, tile_rows, group_cells = ctx.settings
+        window, scale, softcap, tile_rows, group_cells = ctx.settings
         # An expanded (zero-stride) gradient, e.g. from out.sum(), is read once per tile: copy it once.
         dout, dlse = dout.contiguous(), dlse.contiguous()
-        grads = _backward(q, k, v, out, lse, dout, dlse, window, key_padding_mask, scale, tile_rows, group_cells)
-        return *grads, None, None, None, None, None
+        grads = _backward(q, k, v, out, lse, dout, dlse, window, key_padding_mask, scale, softcap, tile_rows, group_cells)
+        return *grads, None, None, None, None, None, None
 
 
-def attend(q, k, v, window, key_padding_mask, scale, *, tile_rows: int = TILE_ROWS, group_cells: int = GROUP_CELLS):
+def attend(q, k, v, window, key_padding_mask, scale, softcap=0.0, *, tile_rows: int = TILE_ROWS,
+           group_cells: int = GROUP_CELLS):
     """Sliding-window attention by tiles: (out [B, L, H, d_v], lse [B, L, H]).
 
-    q, k: [B, L, H, d]; v: [B, L, H, d_v]; one floating dtype and device, any strides.
+    q: [B, L, H, d]; k: [B, L, H_kv, d]; v: [B, L, H_kv, d_v] (H a multiple of H_kv: query head h
+    reads kv head h // (H / H_kv), indexed, never repeated); one floating dtype and device, any
+    strides. ``softcap`` c > 0 caps the scaled scores at c tanh(s / c) before the mask.
     ``window``: (left, right), ints with 0 <= left, right <= L - 1: query i attends key j iff
     i - left <= j <= i + right and key j is not padding (``key_padding_mask`` bool [B, L], True =
     padding, or None). ``scale``: a finite float on q . k. Returns ``out`` (contiguous) and
@@ -316,4 +323,4 @@ def attend(q, k, v, window, key_padding_mask, scale, *, tile_rows: int = TILE_RO
     ``group_cells`` set the tiling (the defaults are the measured best on a CPU).
     The arguments are trusted (the entry point validates them).
     """
-    return TiledAttention.apply(q, k, v, window, key_padding_mask, scale, tile_rows, group_cells)
+    return TiledAttention.apply(q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group_cells)

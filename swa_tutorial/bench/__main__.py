@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from .implementations import IMPLEMENTATIONS
-from .measure import resolve_device
-from .sweep import DTYPES, MODES, child_main, sweep, table
+from swa_tutorial.bench.implementations import IMPLEMENTATIONS
+from swa_tutorial.bench.measure import resolve_device
+from swa_tutorial.bench.sweeps import DTYPES, MODES, child_main, sweep, table
 
 DESCRIPTION = """\
 Time, peak memory and useful FLOP/s of sliding-window attention implementations against the

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from .measure import quartiles, resolve_device, summarize, time_call
-from .sweep import provenance
+from swa_tutorial.bench.measure import quartiles, resolve_device, summarize, time_call
+from swa_tutorial.bench.sweeps import provenance
 
 SCHEMA = "swa-tutorial-bandwidth/1"
 

@@ -23,8 +23,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..attention import sliding_window_attention
-from ..reference import loop_attention
+from swa_tutorial.attention import sliding_window_attention
+from swa_tutorial.core.windows import lean_window_mask
+from swa_tutorial.reference import loop_attention
 
 
 @dataclass(frozen=True)
@@ -42,16 +43,6 @@ class Implementation:
     needs: str | None = None  # a module that must be importable
     whole_chunks: bool = False  # L must be a multiple of 2w
     cuda_only: bool = False  # runs only on a CUDA device (Triton's CPU interpreter is no benchmark)
-
-
-def lean_band_mask(seq_len: int, window: int, device=None) -> torch.Tensor:
-    """The dense band as bool [L, L] (True where |i - j| <= w), built in one L x L allocation.
-
-    Equal to :func:`swa_tutorial.dense_band_mask`, which builds it from an integer L x L
-    difference matrix (8 L^2 bytes more, briefly); the benchmark charges dense attention only
-    for the mask it keeps.
-    """
-    return torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril_(window).triu_(-window)
 
 
 def _heads_first(x):  # [B, L, H, d] -> [B, H, L, d], a view
@@ -121,7 +112,9 @@ def _longformer_layer(H, d, w):
     """A Hugging Face LongformerSelfAttention, only for its two chunk functions (cached)."""
     if (H, d, w) not in _longformer_layers:
         from transformers import LongformerConfig
-        from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+        from transformers.models.longformer.modeling_longformer import (
+            LongformerSelfAttention,
+        )
 
         config = LongformerConfig(num_attention_heads=H, hidden_size=H * d, attention_window=[2 * w])
         _longformer_layers[H, d, w] = LongformerSelfAttention(config, layer_id=0)
@@ -142,7 +135,7 @@ IMPLEMENTATIONS = {
             "dense_sdpa",
             "torch.nn.functional.scaled_dot_product_attention with a boolean L x L band mask",
             attend=_dense_sdpa,
-            prepare=lean_band_mask,
+            prepare=lean_window_mask,  # one bool L x L: the mask dense attention keeps
             sdpa_backend=sdpa_backend,
         ),
         Implementation(

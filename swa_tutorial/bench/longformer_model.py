@@ -36,8 +36,9 @@ from pathlib import Path
 
 import torch
 
-from .measure import PeakMemory, summarize
-from .sweep import provenance, write
+from swa_tutorial.bench.measure import PeakMemory, summarize
+from swa_tutorial.bench.sweeps import provenance, write
+from swa_tutorial.core.optional import require
 
 SCHEMA = "swa-tutorial-longformer-model/1"
 MODELS = ("original", "patched")
@@ -45,10 +46,11 @@ MODELS = ("original", "patched")
 
 def build(model: str, spec: dict):
     """The Longformer of ``spec`` (random weights from seed 0), patched or not, in eval mode."""
+    require("transformers", by=f"{__name__}.build")
     from transformers import LongformerConfig, LongformerModel
     from transformers.utils import logging
 
-    from ..longformer import patch_hf_longformer
+    from swa_tutorial.integrations.longformer import patch_hf_longformer
 
     logging.set_verbosity_error()  # no "padded to a multiple of the window" notices in the output
     torch.manual_seed(0)

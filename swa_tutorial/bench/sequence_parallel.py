@@ -32,8 +32,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ..attention import sliding_window_attention
-from ..distributed import (
+from swa_tutorial.attention import sliding_window_attention
+from swa_tutorial.bench.measure import summarize
+from swa_tutorial.bench.sweeps import provenance
+from swa_tutorial.distributed import (
     all_gather_bytes,
     all_to_all_bytes,
     exchange_halo,
@@ -44,8 +46,6 @@ from ..distributed import (
     run_gloo,
     sequence_parallel_attention,
 )
-from .measure import summarize
-from .sweep import provenance
 
 SCHEMA = "swa-tutorial-sequence-parallel/1"
 

@@ -1,18 +1,16 @@
 """The receptive-field experiments: the task, the reach theory, the model's causality and reach,
-a short training that learns, the exercise's check, and the stored result files' schema."""
+a short training that learns, and the stored result files' schema. (The chapter's exercise is
+tested with the book's others, in tests/test_exercises.py.)"""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import pathlib
 
-import nbformat
 import pytest
 import torch
 
-from swa_tutorial.tutorial.experiments import exercises, reach, sweep, text
+from swa_tutorial.tutorial.experiments import reach, sweep, text
 from swa_tutorial.tutorial.experiments.model import (
     WindowedTransformer,
     windowed_attention,
@@ -27,7 +25,6 @@ from swa_tutorial.tutorial.experiments.training import Run, accuracy, train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DATA = ROOT / "book" / "data"
-CHAPTER = ROOT / "book" / "21_receptive_field.ipynb"
 
 
 # --- the task -----------------------------------------------------------------------------------
@@ -171,60 +168,6 @@ def test_a_short_training_learns_distances_inside_the_window():
     far = accuracy(trained.model, task, 12, 256, seed=0)
     assert near > 0.8, near
     assert far < 0.25, far
-
-
-# --- the exercise -------------------------------------------------------------------------------
-
-
-def _cells(tag: str) -> list[str]:
-    nb = nbformat.read(CHAPTER, as_version=4)
-    return [c.source for c in nb.cells if tag in c.metadata.get("tags", [])]
-
-
-def _defined(*sources: str):
-    namespace = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        for source in sources:
-            exec(source, namespace)  # noqa: S102  (the chapter's own cells)
-    return namespace["can_reach"]
-
-
-def test_the_chapters_solution_is_right_and_the_empty_exercise_is_reported():
-    exercise, solution = _cells("exercise"), _cells("solution")
-    assert len(exercise) == len(solution) == 1
-    assert exercises.diagnose("can_reach", _defined(exercise[0], solution[0])) is None
-    assert exercises.diagnose("can_reach", _defined(exercise[0])) == (
-        "can_reach(windows=[4], dilations=[1], distance=0) returned None: fill in the function body "
-        "(in place of the ...)")
-
-
-def plain_sum(windows, dilations, distance):
-    return distance <= sum(windows)  # dilation ignored
-
-
-def one_short(windows, dilations, distance):
-    return distance < sum(windows)  # as if a window of w moved at most w - 1
-
-
-def every_layer_moves(windows, dilations, distance):
-    return len(windows) <= distance <= sum(windows)  # as if no layer could move 0
-
-
-def no_gaps(windows, dilations, distance):
-    largest = [d if isinstance(d, int) else max(d) for d in dilations]
-    return distance <= sum(w * d for w, d in zip(windows, largest))  # the farthest reach, but no gaps
-
-
-@pytest.mark.parametrize("answer, message", [
-    (plain_sum, "can_reach(windows=[4], dilations=[2], distance=1): got True, expected False: 1 is in a gap"),
-    (no_gaps, "can_reach(windows=[4], dilations=[2], distance=1): got True, expected False: 1 is in a gap"),
-    (one_short, ("can_reach(windows=[4], dilations=[1], distance=4): got False, expected True: a causal window "
-                 "of w keys to the left holds key i - w itself")),
-    (every_layer_moves, ("can_reach(windows=[4], dilations=[1], distance=0): got False, expected True: "
-                         "every layer can also move 0 positions")),
-])
-def test_wrong_answers_are_explained(answer, message):
-    assert exercises.diagnose("can_reach", answer).startswith(message)
 
 
 # --- the stored results -------------------------------------------------------------------------

@@ -101,7 +101,7 @@ class WindowedTransformer(nn.Module):
     Args:
         vocab: the number of token ids.
         classes: the number of outputs per position.
-        layers: the number of layers n.
+        layers: the number of layers.
         window: keys to the left, ``left`` >= 0, the same in every layer.
         dilation: an int, or one int per head (``sliding_window_attention``'s ``dilation``).
         global_token: None, "first" or "last" (:func:`windowed_attention`).

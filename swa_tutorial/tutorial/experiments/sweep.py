@@ -2,7 +2,7 @@
 
     python -m swa_tutorial.tutorial.experiments.sweep -o book/data/receptive-field.json
 
-The grid (:func:`grid`): layers n in {1, 2, 4} x window w in {8, 16, 32} without dilation or
+The grid (:func:`grid`): layers in {1, 2, 4} x window w in {8, 16, 32} without dilation or
 global token; dilation 2 on half the heads, and each kind of global token, on a subset; 2 seeds
 each. Every model is probed at the distances of :func:`distances`, both sides of each boundary
 the theory predicts (:mod:`.reach`). One row per (model, distance); ``seconds`` and
@@ -33,7 +33,7 @@ def grid(seeds=(0, 1), steps: int = 400) -> list[Run]:
 
 
 def boundaries(run: Run) -> list[int]:
-    """The distances where the theory says accuracy changes: n x w, the gap-free reach and the
+    """The distances where the theory says accuracy changes: layers x w, the gap-free reach and the
     farthest reach (the last two differ with dilation)."""
     windows, dilations = [run.window] * run.layers, [run.dilation] * run.layers
     return sorted({run.layers * run.window, covered(windows, dilations), run.farthest()})
@@ -92,7 +92,7 @@ def measure(run: Run, task: Task, examples: int) -> list[dict]:
 def describe(run: Run) -> str:
     extra = f", dilation {run.dilation}" if run.dilation != 1 else ""
     extra += f", global {run.global_token}" if run.global_token else ""
-    return f"n={run.layers} w={run.window}{extra} seed {run.seed}"
+    return f"layers={run.layers} w={run.window}{extra} seed {run.seed}"
 
 
 def main(argv=None) -> None:

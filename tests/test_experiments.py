@@ -204,3 +204,29 @@ def test_the_text_file_names_its_text_and_has_a_row_per_window_and_seed():
     pairs = {(r["window"], r["seed"]) for r in result["rows"]}
     assert len(pairs) == len(result["rows"]) and len({r["steps"] for r in result["rows"]}) == 1
     assert all(r["validation_bits_per_byte"] > 0 for r in result["rows"])
+
+
+# --- the commands, on a tiny budget --------------------------------------------------------------
+
+
+def test_the_sweep_measures_a_run_at_both_sides_of_its_boundaries():
+    """Two steps of training: the rows' fields and distances, not the accuracy."""
+    run, task = Run(layers=2, window=4, dilation=(1, 2), steps=2, heads=2), Task()
+    rows = sweep.measure(run, task, examples=4)
+    distances = [r["distance"] for r in rows]
+    assert distances == sweep.distances(run, task)
+    # one before to two after layers x w = 8, the gap-free reach 12 and the farthest 16 (4 x 2 a layer)
+    assert set(range(7, 19)) <= set(distances)
+    for row in rows:
+        for key, kind in ROW_FIELDS.items():
+            assert isinstance(row[key], kind), (key, row)
+        assert row["reachable"] == (row["distance"] in set(reach.reachable_distances([4, 4], [[1, 2]] * 2)))
+
+
+def test_the_text_command_writes_its_file(tmp_path):
+    out = tmp_path / "text.json"
+    text.main(["-o", str(out), "--steps", "2", "--seeds", "0", "--windows", "1", "3"])
+    result = json.loads(out.read_text())
+    assert result["schema"] == text.SCHEMA and result["training"]["steps"] == 2
+    assert [(r["window"], r["seed"]) for r in result["rows"]] == [(1, 0), (3, 0)]
+    assert all(r["validation_bits_per_byte"] > 0 for r in result["rows"])

@@ -128,6 +128,43 @@ def test_gradcheck(window, dilation):
     assert torch.autograd.gradcheck(fn, tensors, fast_mode=True)
 
 
+def probabilities_through_longformer(p, seed, window=(3, 2), L=24):
+    """The dropped weights themselves: values one-hot over the keys (v = v_global = the identity,
+    [1, L, 2, L]), so row i of head h of the output is its (dropped) probabilities over all keys,
+    the global rows' included. Tokens 0 and 9 are global, the last three padding."""
+    g = torch.Generator().manual_seed(4)
+    q, k, q_g, k_g = (torch.randn(1, L, 2, 4, generator=g, dtype=torch.float64) for _ in range(4))
+    identity = torch.eye(L, dtype=torch.float64).expand(1, 2, L, L).permute(0, 2, 1, 3)
+    global_mask = torch.zeros(1, L, dtype=torch.bool)
+    global_mask[0, [0, 9]] = True
+    padding = torch.zeros(1, L, dtype=torch.bool)
+    padding[0, L - 3:] = True
+    torch.manual_seed(seed)
+    return longformer_attention(q, k, identity, window, q_global=q_g, k_global=k_g, v_global=identity,
+                                global_mask=global_mask, key_padding_mask=padding, dropout=p)
+
+
+def test_dropout_drops_local_and_global_weights_alike():
+    """Each weight of the one softmax (window and global keys) and of the global rows is kept
+    (times 1 / (1 - p)) or dropped: the kept fraction is within 5 standard deviations of
+    1 - p, each kept weight is the undropped one / (1 - p) exactly, no weight appears where
+    there was none; the same seed gives the same draws, and p = 0 is no dropout exactly."""
+    p = 0.3
+    exact = probabilities_through_longformer(0.0, 0)
+    allowed = exact > 0
+    dropped = probabilities_through_longformer(p, 0)
+    kept = dropped != 0
+    assert not (kept & ~allowed).any()
+    assert_close64(dropped[kept], exact[kept] / (1 - p))
+    n = allowed.sum().item()
+    assert abs(kept.sum().item() / n - (1 - p)) <= 5 * (p * (1 - p) / n) ** 0.5
+    for row in (0, 9):  # the global rows drop too (they attend every non-padding token)
+        assert (kept[0, row] != allowed[0, row]).any()
+    assert torch.equal(dropped, probabilities_through_longformer(p, 0))
+    assert not torch.equal(dropped, probabilities_through_longformer(p, 1))
+    assert torch.equal(exact, probabilities_through_longformer(0.0, 1))
+
+
 def test_a_global_key_in_the_window_counts_once():
     """Query 1 with window 1 and token 2 global sees keys {0, 1, 2}: key 2 once, not twice; query 4
     sees its window {3, 4, 5} and key 2; with no global token the result is the plain window's."""
@@ -231,6 +268,7 @@ def bad(**changes):
     (bad(q_global=torch.zeros(2, 7, 2, 3, dtype=torch.int32)), TypeError, r"q_global must have dtype float64, float32, float16 or bfloat16"),
     (bad(window=0), ValueError, r"window must be"),
     (bad(key_padding_mask=torch.zeros(2, 7)), TypeError, r"key_padding_mask must have dtype torch\.bool"),
+    (bad(dropout=1.0), ValueError, r"dropout must be a probability in \[0, 1\), got 1\.0"),
 ])
 def test_bad_input_names_the_argument(call, error, message):
     with pytest.raises(error, match=message):
@@ -362,6 +400,28 @@ def test_patching_a_patched_model_again_changes_nothing():
         assert torch.equal(patched(**kwargs).last_hidden_state, before)
 
 
+def test_hugging_face_train_mode_drops_attention():
+    """attention_probs_dropout_prob = 0.1 in train mode: the same seed gives the same output,
+    another seed another, neither is eval mode's output, and every parameter the forward uses
+    gets a finite gradient."""
+    _, patched = pair(LongformerModel, attention_probs_dropout_prob=0.1)
+    kwargs = inputs(LongformerModel)
+    with torch.no_grad():
+        evaluated = patched(**kwargs).last_hidden_state
+    patched.train()
+
+    def run(seed):
+        torch.manual_seed(seed)
+        return patched(**kwargs).last_hidden_state
+
+    first = run(0)
+    assert torch.equal(first, run(0)) and not torch.equal(first, run(1))
+    assert not torch.allclose(first, evaluated, atol=1e-3)
+    first.square().sum().backward()
+    grads = {name: p.grad for name, p in patched.named_parameters() if "pooler" not in name}
+    assert all(g is not None and g.isfinite().all() for g in grads.values()), [n for n, g in grads.items() if g is None]
+
+
 def test_hugging_face_refusals():
     original, patched = pair(LongformerModel, attention_probs_dropout_prob=0.1)
     kwargs = inputs(LongformerModel)
@@ -370,9 +430,6 @@ def test_hugging_face_refusals():
     with torch.no_grad():  # eval mode: dropout is off, and the outputs agree
         torch.testing.assert_close(patched(**kwargs).last_hidden_state, original(**kwargs).last_hidden_state,
                                    rtol=1e-5, atol=1e-5)
-    patched.train()
-    with pytest.raises(ValueError, match=r"attention dropout is not supported .* attention_probs_dropout_prob = 0\.1"):
-        patched(**kwargs)
     with pytest.raises(ValueError, match=r"model holds no LongformerSelfAttention"):
         patch_hf_longformer(torch.nn.Linear(2, 2))
     with pytest.raises(TypeError, match=r"model must be a torch\.nn\.Module"):

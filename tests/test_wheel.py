@@ -243,7 +243,7 @@ def test_every_module_imports_or_names_the_extra_it_needs(imported, metadata):
     assert modules[PACKAGE] is None
     # Only the figures (matplotlib and NumPy: the plot extra) and the Triton kernels need more than
     # torch to be imported
-    assert {f["missing"] for f in failures.values()} == {"matplotlib", "triton"}, failures
+    assert {f["missing"] for f in failures.values()} == {"matplotlib", "numpy", "triton"}, failures
 
 
 ATTENTION_AGAINST_SDPA = textwrap.dedent(
@@ -275,11 +275,32 @@ def test_sliding_window_attention_equals_sdpa_with_a_band_mask(fresh):
     assert fresh.run("-c", ATTENTION_AGAINST_SDPA).strip() == "ok"
 
 
+def readme_code() -> list[str]:
+    """The ```python blocks of the README, in order (the later ones use the first's tensors)."""
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def needs_transformers(block: str) -> bool:
+    return re.search(r"^\s*(from|import) transformers\b", block, flags=re.M) is not None
+
+
 def test_the_readme_code_runs(fresh):
-    """Every ```python block of the README, in order (the later ones use the first's tensors)."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    assert blocks
-    fresh.run("-c", "\n".join(blocks))
+    """Every ```python block of the README that needs only the package and torch runs where only
+    they are installed; the block for transformers is the last and runs in the pinned
+    environment (test_the_readme_code_runs_with_transformers)."""
+    blocks = readme_code()
+    torch_only = [b for b in blocks if not needs_transformers(b)]
+    assert torch_only and blocks[: len(torch_only)] == torch_only, "the transformers block comes last"
+    fresh.run("-c", "\n".join(torch_only))
+
+
+def test_the_readme_code_runs_with_transformers():
+    """All of the README's ```python blocks, in order, in the pinned environment (transformers
+    installed, the package from the checkout): the Hugging Face block builds a tiny model from a
+    config (no download) and generates past its window."""
+    blocks = readme_code()
+    assert any(needs_transformers(b) for b in blocks)
+    run(sys.executable, "-c", "\n".join(blocks), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 MISSING_AT_CALL = textwrap.dedent(

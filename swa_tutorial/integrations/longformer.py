@@ -31,6 +31,7 @@ from swa_tutorial.core.optional import require
 from swa_tutorial.core.precision import accumulation_dtype, cast_output, without_autocast
 from swa_tutorial.core.softmax import masked_softmax
 from swa_tutorial.core.validation import (
+    check_dropout,
     check_key_padding_mask,
     check_like,
     check_qkv,
@@ -42,7 +43,7 @@ from swa_tutorial.integrations.conventions import from_hf_longformer
 
 def longformer_attention(
     q, k, v, window, *, global_mask, q_global=None, k_global=None, v_global=None,
-    key_padding_mask=None, scale=None, dilation=1, backend="auto",
+    key_padding_mask=None, scale=None, dilation=1, backend="auto", dropout=0.0,
 ):
     """Sliding-window attention with global tokens, as Longformer defines it.
 
@@ -64,6 +65,13 @@ def longformer_attention(
             it (allenai's kernel dilates the window of a model with global tokens); the global
             columns and rows are never dilated.
         backend: the backend of the window part (see :mod:`swa_tutorial.backends`).
+        dropout: a probability p in [0, 1): every attention probability, local or global, is
+            dropped with probability p and the kept ones scaled by 1 / (1 - p) (pass
+            ``p if self.training else 0``), drawn from torch's default generator as
+            :func:`swa_tutorial.sliding_window_attention` draws them. The window part drops
+            through that function (its "chunks" backend then), the global blocks drop their
+            probabilities: both parts are weights of one softmax, and dropping is elementwise,
+            so the merged output is the output of the dropped softmax over the union.
 
     Returns:
         [B, L, H, d_v], contiguous, the dtype of q. Row i of a local token is the softmax over
@@ -87,6 +95,7 @@ def longformer_attention(
         if x is not None:
             check_like(x, name, like, like_name)
     scale = check_scale(scale, d, accumulation_dtype(q.dtype))
+    dropout = check_dropout(dropout)
 
     padding = key_padding_mask
     is_global = global_mask if padding is None else global_mask & ~padding  # B x L
@@ -95,10 +104,10 @@ def longformer_attention(
         return (_gather(q if q_global is None else q_global, slots),
                 k if k_global is None else k_global, v if v_global is None else v_global)
 
-    return _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, backend, global_qkv)
+    return _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, backend, global_qkv, dropout)
 
 
-def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, backend, global_qkv):
+def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, backend, global_qkv, dropout):
     """:func:`longformer_attention` after validation, ``is_global`` without padding tokens.
 
     ``global_qkv(slots)`` returns the global rows' queries [B, G, H, d] (at ``slots``, see
@@ -111,14 +120,15 @@ def _attend_with_globals(q, k, v, window, is_global, padding, scale, dilation, b
     any_global = torch.compiler.is_exporting() or bool(is_global.any())
     # The window part never sees a global key: those come, once, in the global keys' part.
     hidden = (padding | is_global if padding is not None else is_global) if any_global else padding
-    out, lse = attend(q, k, v, window, key_padding_mask=hidden, scale=scale, dilation=dilation, backend=backend)
+    out, lse = attend(q, k, v, window, key_padding_mask=hidden, scale=scale, dilation=dilation, backend=backend,
+                      dropout=dropout)
     if any_global:
         slots, used = _global_slots(is_global)  # B x G each
         q_g, k_g, v_g = global_qkv(slots)  # (a caller's projections run under its own autocast)
     with without_autocast(q.device):  # (the precision contract's float32, whatever autocast says)
         if any_global:
-            out = _with_global_keys(out, lse, q, _gather(k, slots), _gather(v, slots), used, scale)
-            rows = _global_rows(q_g, k_g, v_g, padding, scale)  # B x G x H x d_v
+            out = _with_global_keys(out, lse, q, _gather(k, slots), _gather(v, slots), used, scale, dropout)
+            rows = _global_rows(q_g, k_g, v_g, padding, scale, dropout)  # B x G x H x d_v
             batch, position = is_global.nonzero(as_tuple=True)
             out = out.index_put((batch, position), rows[used])  # the global rows replaced
         if padding is not None:
@@ -151,7 +161,7 @@ def _gather(x, slots):
     return torch.gather(x, 1, slots[:, :, None, None].expand(B, G, *x.shape[2:]))
 
 
-def _with_global_keys(out, lse, q, k_g, v_g, used, scale):
+def _with_global_keys(out, lse, q, k_g, v_g, used, scale, dropout):
     """Add G global keys to every query's window softmax: the two softmaxes merged exactly.
 
     out [B, L, H, d_v], lse [B, L, H]: the window part; k_g [B, G, H, d], v_g [B, G, H, d_v]:
@@ -159,10 +169,15 @@ def _with_global_keys(out, lse, q, k_g, v_g, used, scale):
     the log-sum-exps of the two parts and m >= both, the softmax over the union is
 
         (e^(lse_1 - m) out_1 + e^(lse_2 - m) out_2) / (e^(lse_1 - m) + e^(lse_2 - m)).
+
+    With dropout, out_1 came with its probabilities dropped and the global keys' probabilities
+    are dropped here; lse_1 and lse_2 are those of the undropped softmaxes, so the weights
+    rescale dropped probabilities, as they would undropped ones.
     """
     acc = out.dtype
     scores = torch.einsum("bihd,bghd->bihg", q.to(acc), k_g.to(acc)) * scale  # B x L x H x G
     probs, lse_g = masked_softmax(scores, used[:, None, None, :])
+    probs = torch.nn.functional.dropout(probs, dropout) if dropout else probs
     out_g = torch.einsum("bihg,bghe->bihe", probs, v_g.to(acc))  # B x L x H x d_v
     # The result does not depend on m, so m carries no gradient; a row with no key at all
     # (both lse -inf) takes m = 0, weights 0, and stays 0.
@@ -174,14 +189,16 @@ def _with_global_keys(out, lse, q, k_g, v_g, used, scale):
     return (w[..., None] * out + w_g[..., None] * out_g) / total[..., None]
 
 
-def _global_rows(q_g, k, v, padding, scale):
+def _global_rows(q_g, k, v, padding, scale, dropout):
     """Full attention of the global queries q_g [B, G, H, d] over every non-padding token of
-    k [B, L, H, d], v [B, L, H, d_v]: [B, G, H, d_v] in the accumulation dtype."""
+    k [B, L, H, d], v [B, L, H, d_v]: [B, G, H, d_v] in the accumulation dtype, its
+    probabilities dropped with probability ``dropout``."""
     acc = accumulation_dtype(q_g.dtype)
     scores = torch.einsum("bghd,bjhd->bghj", q_g.to(acc), k.to(acc)) * scale  # B x G x H x L
     every = torch.ones(1, 1, 1, 1, dtype=torch.bool, device=scores.device)
     allowed = every if padding is None else ~padding[:, None, None, :]
     probs, _ = masked_softmax(scores, allowed)
+    probs = torch.nn.functional.dropout(probs, dropout) if dropout else probs
     return torch.einsum("bghj,bjhe->bghe", probs, v.to(acc))
 
 
@@ -219,11 +236,6 @@ class PatchedLongformerSelfAttention(torch.nn.Module):
                 "output_attentions=True is not supported by the patched Longformer attention: it never "
                 "forms Hugging Face's attention probabilities; call the model with output_attentions=False"
             )
-        if self.training and self.dropout > 0:
-            raise ValueError(
-                f"attention dropout is not supported by the patched Longformer attention (layer {self.layer_id} "
-                f"has attention_probs_dropout_prob = {self.dropout}); set it to 0 for training, or use eval()"
-            )
         B, L, E = hidden_states.shape
         padding, is_global = is_index_masked, is_index_global_attn
         if attention_mask is not None:
@@ -245,7 +257,7 @@ class PatchedLongformerSelfAttention(torch.nn.Module):
                     heads(self.key_global(hidden_states)), heads(self.value_global(hidden_states)))
 
         out = _attend_with_globals(q, k, v, self.window, is_global, padding, self.head_dim**-0.5, 1, "auto",
-                                   global_qkv)
+                                   global_qkv, self.dropout if self.training else 0.0)
         return (out.reshape(B, L, E),)
 
 
@@ -255,9 +267,10 @@ def patch_hf_longformer(model):
     Works on ``LongformerModel`` and every task head built on it (anything holding
     ``LongformerSelfAttention`` modules), keeping the weights (the same parameter objects). The
     model keeps its own padding to a multiple of the window and its attention-mask encoding; each
-    layer keeps its ``attention_window``. Differences from Hugging Face's attention: attention
-    dropout is refused in training mode (a ValueError at the forward, unless
-    ``attention_probs_dropout_prob`` is 0), and so is ``output_attentions=True``.
+    layer keeps its ``attention_window``. In training mode the attention probabilities are
+    dropped with ``attention_probs_dropout_prob``, as Hugging Face's layer drops them (its own
+    random draws, so not the same tokens). The one difference: ``output_attentions=True`` is
+    refused.
     Idempotent: layers patched already are left as they are, so patching a patched model again
     is a no-op that returns it (code that patches whatever model it is handed may do so twice).
     Needs ``transformers`` (imported here, not by the package).

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", "numpy", by=__name__, extra="plot")
+
 import matplotlib.pyplot as plt
 import numpy as np
 

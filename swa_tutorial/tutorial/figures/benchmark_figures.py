@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import textwrap
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", by=__name__, extra="plot")
+
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullLocator
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from swa_tutorial.core.optional import require
+
+require("numpy", by=__name__, extra="plot")
+
 import numpy as np
 
 LAYOUT_COLORS = {"gathered": "#9a9a9a", "3w blocks": "#2ca02c", "2w chunks": "#4c8fd0"}

@@ -21,6 +21,10 @@ import html
 import io
 import json
 
+from swa_tutorial.core.optional import require
+
+require("matplotlib", by=__name__, extra="plot")
+
 import matplotlib.pyplot as plt
 
 # The colours a frame keeps. A drawing of the book uses about a dozen flat colours; the rest of

@@ -223,12 +223,14 @@ def test_every_committed_result_file_names_a_known_schema():
     import importlib.util
 
     from swa_tutorial.bench import band_layouts, bandwidth, gqa, hf_model, longformer_model, sequence_parallel
+    from swa_tutorial.tutorial.experiments import sweep as receptive_field
+    from swa_tutorial.tutorial.experiments import text as window_text
 
     spec = importlib.util.spec_from_file_location("traffic_history", DATA.parent.parent / "tools" / "traffic_history.py")
     traffic = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(traffic)  # repository tooling, outside the package
     known = {SCHEMA, sequence_parallel.SCHEMA, longformer_model.SCHEMA, bandwidth.SCHEMA, traffic.SCHEMA, gqa.SCHEMA,
-             hf_model.SCHEMA, band_layouts.SCHEMA}
+             hf_model.SCHEMA, band_layouts.SCHEMA, receptive_field.SCHEMA, window_text.SCHEMA}
     assert BENCH_FILES and {p.name: _schema_of(p) for p in DATA.glob("*.json") if _schema_of(p) not in known} == {}
 
 

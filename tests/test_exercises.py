@@ -376,6 +376,19 @@ WRONG = [
     ("merge_softmaxes", merge_without_the_max,  # e^lse overflows once the scores pass ~700
      "merge_softmaxes(out1, lse1, out2, lse2): 5 queries, keys split 4 + 5, scores of spread 1000: "
      "entry [query 0, component 0]: got nan, expected -1.03169 "),
+    ("can_reach", lambda windows, dilations, distance: distance <= sum(windows),  # dilation ignored
+     "can_reach(windows=[4], dilations=[2], distance=1): got True, expected False: 1 is in a gap"),
+    ("can_reach", lambda windows, dilations, distance: distance <= sum(  # the farthest reach, taken as gap-free
+        w * (d if isinstance(d, int) else max(d)) for w, d in zip(windows, dilations)),
+     "can_reach(windows=[4], dilations=[2], distance=1): got True, expected False: 1 is in a gap"),
+    ("can_reach", lambda windows, dilations, distance: distance < sum(windows),  # a window of w moving w - 1
+     "can_reach(windows=[4], dilations=[1], distance=4): got False, expected True: a causal window of w keys to "
+     "the left holds key i - w itself"),
+    ("can_reach", lambda windows, dilations, distance: len(windows) <= distance <= sum(windows),  # no move of 0
+     "can_reach(windows=[4], dilations=[1], distance=0): got False, expected True: every layer can also move 0 "
+     "positions"),
+    ("can_reach", lambda windows, dilations, distance: distance <= sum(windows) + 1,  # one hop too many
+     "can_reach(windows=[4], dilations=[1], distance=5): got True, expected False: one too far"),
 ]
 
 

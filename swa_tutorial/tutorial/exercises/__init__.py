@@ -4,7 +4,8 @@
 what the package's functions give (the specification, never a stored number); :func:`diagnose`
 returns the verdict instead of printing it. :mod:`.framework` holds the grading machinery, and one
 module per group of chapters the exercises themselves (:mod:`.dense_and_chunks`, :mod:`.band_and_layer`,
-:mod:`.windows_and_longformer`, :mod:`.tiles_and_shards`, :mod:`.real_models`); :mod:`.registry` lists them
+:mod:`.windows_and_longformer`, :mod:`.tiles_and_shards`, :mod:`.real_models`,
+:mod:`.receptive_field`); :mod:`.registry` lists them
 all by name.
 """
 

@@ -9,6 +9,7 @@ from swa_tutorial.tutorial.exercises import (
     band_and_layer,
     dense_and_chunks,
     real_models,
+    receptive_field,
     tiles_and_shards,
     windows_and_longformer,
 )
@@ -16,7 +17,8 @@ from swa_tutorial.tutorial.exercises.framework import WIDTH, Exercise, run
 
 EXERCISES: dict[str, Exercise] = {
     e.name: e
-    for module in (dense_and_chunks, band_and_layer, windows_and_longformer, tiles_and_shards, real_models)
+    for module in (dense_and_chunks, band_and_layer, windows_and_longformer, tiles_and_shards, real_models,
+                   receptive_field)
     for e in module.EXERCISES
 }
 

@@ -80,18 +80,19 @@ def format_summary(table: list[dict]) -> str:
     def span(values, which):
         return "   -  " if values is None else f"{values[which]:6.2f}"
 
-    lines = ["  n   w  dilation      global   reach | reachable: min  mean | gap: max | beyond: mean  max"]
+    lines = ["layers   w  dilation      global   reach | reachable: min  mean | gap: max | beyond: mean  max"]
     for e in table:
         dilation = "-" if e["dilation"] == 1 else ",".join(map(str, e["dilation"]))
         reach = f"{e['covered']}" if e["covered"] == e["farthest"] else f"{e['covered']}/{e['farthest']}"
-        lines.append(f"{e['layers']:3d} {e['window']:3d}  {dilation:12s}  {e['global_token'] or '-':6s} {reach:>7s} |"
+        lines.append(f"{e['layers']:6d} {e['window']:3d}  {dilation:12s}  {e['global_token'] or '-':6s} {reach:>7s} |"
                      f"          {span(e['reachable'], 0)} {span(e['reachable'], 1)} |  {span(e['gap'], 2)}  |"
                      f"      {span(e['beyond'], 1)} {span(e['beyond'], 2)}")
     return "\n".join(lines)
 
 
-def _axes_style(ax, chance: float, title: str):
-    ax.set_xscale("log", base=2)
+def _axes_style(ax, chance: float, title: str, log: bool = True):
+    if log:
+        ax.set_xscale("log", base=2)
     ax.axhline(chance, color="0.4", linestyle=":", linewidth=1)
     ax.set_ylim(-0.03, 1.05)
     ax.set_xlabel("distance D of the mark")
@@ -107,36 +108,45 @@ def _draw(ax, config_curve, color, label, marker="o", alpha=0.2):
 
 def plot_sweep(result: dict):
     """Accuracy against distance, one panel per layer count, one line per window (no dilation, no
-    global token); the seeds' min..max shaded; dashed: D = n x w."""
+    global token); the seeds' min..max shaded; dashed: D = layers x w."""
     data, chance = curves(result), result["task"]["chance"]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharey=True)
     for ax, layers in zip(axes, (1, 2, 4)):
         for window, color in WINDOW_COLORS.items():
             _draw(ax, data[(layers, window, 1, None)], color, f"w = {window}")
             ax.axvline(layers * window, color=color, linestyle="--", linewidth=1)
-        _axes_style(ax, chance, f"n = {layers} layer{'s' * (layers > 1)}")
+        _axes_style(ax, chance, f"{layers} layer{'s' * (layers > 1)}")
     axes[0].set_ylabel("accuracy (seeds: min..max)")
     axes[0].legend(loc="lower left")
     fig.tight_layout()
     return fig
 
 
-def plot_variants(result: dict, variants: dict, layer_counts, window: int = 8):
+def plot_variants(result: dict, variants: dict, layer_counts, window: int = 8, zoom: bool = False):
     """Panels per layer count: the plain stack against each variant {label: (dilation,
-    global_token)}; dashed lines at the variant's gap-free and farthest reach (windows alone)."""
+    global_token)} the sweep ran at that count; dashed lines at layers x w and, for a dilated
+    variant, at its gap-free and farthest reach. ``zoom``: a linear distance axis up to 1.5
+    times the farthest boundary, where single distances (odd, even) can be told apart."""
     data, chance = curves(result), result["task"]["chance"]
     fig, axes = plt.subplots(1, len(layer_counts), figsize=(4 * len(layer_counts), 3.6), sharey=True, squeeze=False)
     for ax, layers in zip(axes[0], layer_counts):
         _draw(ax, data[(layers, window, 1, None)], "0.5", "plain", alpha=0.15)
+        boundaries = [layers * window]
         for (label, (dilation, global_token)), color in zip(variants.items(), ("C3", "C4", "C5")):
             config = (layers, window, dilation, global_token)
+            if config not in data:  # a variant the sweep ran at other layer counts only
+                continue
             _draw(ax, data[config], color, label, marker="s")
-            for boundary in sorted(set(reach_of(config))):
-                ax.axvline(boundary, color=color, linestyle="--", linewidth=1)
+            if global_token is None:  # a global token's reach is not the windows'
+                for boundary in sorted(set(reach_of(config))):
+                    ax.axvline(boundary, color=color, linestyle="--", linewidth=1)
+                    boundaries.append(boundary)
         ax.axvline(layers * window, color="0.5", linestyle="--", linewidth=1)
-        _axes_style(ax, chance, f"n = {layers}, w = {window}")
+        _axes_style(ax, chance, f"{layers} layer{'s' * (layers > 1)}, w = {window}", log=not zoom)
+        if zoom:
+            ax.set_xlim(0, 1.5 * max(boundaries))
+        ax.legend(loc="lower left")
     axes[0][0].set_ylabel("accuracy (seeds: min..max)")
-    axes[0][0].legend(loc="lower left")
     fig.tight_layout()
     return fig
 

@@ -7,7 +7,7 @@ attention is :func:`swa_tutorial.sliding_window_attention` with the causal windo
 query i attends keys i - left .. i (left + 1 keys), or with ``dilation`` d on a head, keys
 i - left d .. i in steps of d.
 
-``global_token`` adds one Longformer global token (:func:`swa_tutorial.longformer_attention`)
+``global_token`` adds one Longformer global token (``swa_tutorial.longformer_attention``)
 and keeps it causal (:func:`windowed_attention`): a global token may attend only to keys before
 it, and be attended only by queries after it.
 """
@@ -86,6 +86,7 @@ class Layer(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] -> [B, L, D]: the attention, then the MLP, each added to x."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.attention_norm(x)).view(B, L, 3, self.heads, D // self.heads).unbind(dim=2)
         out = windowed_attention(rotary(q), rotary(k), v, self.left, self.dilation, self.global_token)
@@ -100,7 +101,7 @@ class WindowedTransformer(nn.Module):
     Args:
         vocab: the number of token ids.
         classes: the number of outputs per position.
-        layers: the number of layers n.
+        layers: the number of layers.
         window: keys to the left, ``left`` >= 0, the same in every layer.
         dilation: an int, or one int per head (``sliding_window_attention``'s ``dilation``).
         global_token: None, "first" or "last" (:func:`windowed_attention`).
@@ -127,6 +128,7 @@ class WindowedTransformer(nn.Module):
         self.head = nn.Linear(d_model, classes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] -> logits [B, L, classes]."""
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x)

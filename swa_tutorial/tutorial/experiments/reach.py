@@ -1,16 +1,16 @@
 """The receptive field of a stack of causal windows: which distances can reach the last token.
 
-In a layer whose head h attends keys i - w d_h, i - (w - 1) d_h, .., i (a causal window of w keys
-to the left, dilated by d_h), information moves back by one of the offsets
+In a layer l whose heads attend keys i - w d, i - (w - 1) d, .., i (a causal window of w keys to
+the left, dilated by each head's d), information moves back by one of the offsets
 
-    S = union over heads h of {0, d_h, 2 d_h, .., w d_h}
+    Delta_l = union over the heads' dilations d of {0, d, 2 d, .., w d}
 
-(0: it stays where it is, through the residual stream or the token's own key). Through n layers
-it moves by a sum s_1 + .. + s_n with s_l in S_l, so the distances a stack can carry are the
-sumset S_1 + .. + S_n. Without dilation that is every distance 0 .. n w: the receptive field
-n x w of the Longformer paper (section 3). With dilation the farthest distance grows to
-sum_l w_l max_h d_h, but not every distance below it need be reachable: one layer with dilation
-2 on every head carries only even distances.
+(0: it stays where it is, through the residual stream or the token's own key). Through the
+stack it moves by a sum delta_1 + delta_2 + .. with delta_l in Delta_l, so the distances a stack
+can carry are the sumset Delta_1 + Delta_2 + ... Without dilation that is every distance
+0 .. layers x w: the receptive field of the Longformer paper (section 3.1). With dilation the
+farthest distance grows to the sum over layers of w x (largest d), but not every distance below
+it need be reachable: one layer with dilation 2 on every head carries only even distances.
 """
 
 from __future__ import annotations

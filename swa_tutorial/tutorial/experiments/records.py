@@ -1,7 +1,7 @@
 """What every experiment command shares: a progress display, the provenance, the JSON file.
 
 A result file is one JSON object: ``schema``, ``command`` (how to rerun it), ``provenance``
-(commit, machine, software: :func:`swa_tutorial.bench.sweeps.provenance`), the experiment's own
+(commit, machine, software: ``swa_tutorial.bench.sweeps.provenance``), the experiment's own
 settings, and ``rows``, one per measurement.
 """
 

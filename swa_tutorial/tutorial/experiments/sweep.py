@@ -2,11 +2,12 @@
 
     python -m swa_tutorial.tutorial.experiments.sweep -o book/data/receptive-field.json
 
-The grid (:func:`grid`): layers n in {1, 2, 4} x window w in {8, 16, 32} without dilation or
+The grid (:func:`grid`): layers in {1, 2, 4} x window w in {8, 16, 32} without dilation or
 global token; dilation 2 on half the heads, and each kind of global token, on a subset; 2 seeds
 each. Every model is probed at the distances of :func:`distances`, both sides of each boundary
-the theory predicts (:mod:`.reach`). One row per (model, distance); ``seconds`` is the training
-time of the row's model, ``steps`` its optimiser steps.
+the theory predicts (:mod:`.reach`). One row per (model, distance); ``seconds`` and
+``cpu_seconds`` are the training time of the row's model (wall clock, and the process's CPU
+time, the steadier on a shared machine), ``steps`` its optimiser steps.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def grid(seeds=(0, 1), steps: int = 400) -> list[Run]:
 
 
 def boundaries(run: Run) -> list[int]:
-    """The distances where the theory says accuracy changes: n x w, the gap-free reach and the
+    """The distances where the theory says accuracy changes: layers x w, the gap-free reach and the
     farthest reach (the last two differ with dilation)."""
     windows, dilations = [run.window] * run.layers, [run.dilation] * run.layers
     return sorted({run.layers * run.window, covered(windows, dilations), run.farthest()})
@@ -54,8 +55,9 @@ def reachable(run: Run, distance: int) -> bool:
 
 def probe_length(run: Run, task: Task, trained_len: int, distance: int) -> int:
     """The probe's sequence length: the task's for a global last token (its row sees every key);
-    else the training length, or distance + 2 if longer. Beyond its farthest reach a model's last
-    output does not depend on the tokens, so a longer probe would ask it nothing more."""
+    else the training length, or distance + 2 if longer. Without a global last token the last
+    output depends only on the tokens within the farthest reach (and on BOS, the same in every
+    sequence), so a longer probe would ask the model nothing more."""
     if run.global_token == "last":
         return task.seq_len
     return max(trained_len, distance + 2)
@@ -90,7 +92,7 @@ def measure(run: Run, task: Task, examples: int) -> list[dict]:
 def describe(run: Run) -> str:
     extra = f", dilation {run.dilation}" if run.dilation != 1 else ""
     extra += f", global {run.global_token}" if run.global_token else ""
-    return f"n={run.layers} w={run.window}{extra} seed {run.seed}"
+    return f"layers={run.layers} w={run.window}{extra} seed {run.seed}"
 
 
 def main(argv=None) -> None:

@@ -48,21 +48,22 @@ class Task:
 
     @property
     def vocab(self) -> int:
-        """Token ids 0 .. 2V: V fillers, V marked tokens, BOS."""
+        """The number of token ids, 2V + 1 (V fillers, V marked tokens, BOS)."""
         return 2 * self.values + 1
 
     @property
     def bos(self) -> int:
+        """The id of the beginning token, 2V."""
         return 2 * self.values
 
     @property
     def chance(self) -> float:
-        """The accuracy of a guess that knows nothing of the mark: 1 / V."""
+        """The accuracy of a guess that knows nothing of the mark, 1 / V."""
         return 1.0 / self.values
 
     @property
     def max_distance(self) -> int:
-        """The farthest mark a sequence holds: at position 1, read at position L - 1."""
+        """The farthest distance a sequence holds, L - 2 (the mark at position 1, read at L - 1)."""
         return self.seq_len - 2
 
 

@@ -65,7 +65,7 @@ def corpus(files: list[Path]) -> tuple[torch.Tensor, torch.Tensor, dict]:
 
 def _as_tensor(data: bytearray) -> torch.Tensor:
     """Bytes as a long tensor of values 0 .. 255."""
-    return torch.frombuffer(bytes(data), dtype=torch.uint8).long()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()  # a writable copy: no warning
 
 
 def sequences(data: torch.Tensor, count: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:

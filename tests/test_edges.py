@@ -230,7 +230,6 @@ def _problem(L=37):
 
 
 @pytest.mark.parametrize("window, L", [(4, 37), ((3, 0), 37), (4, 64)])
-@pytest.mark.xfail(reason="wrong outputs under torch.compile with the pinned triton 3.7.1 environment, also at the layout commit that passed with 3.9: open, see the closing note", strict=False)
 def test_torch_compile_fullgraph_matches_eager(window, L):
     """One graph, no break; forward and gradients equal eager mode's. The inductor backend
     generates and runs real code (slow to compile: few small problems). L = 64 with w = 4 needs

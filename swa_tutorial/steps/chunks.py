@@ -61,7 +61,14 @@ def chunk(x: torch.Tensor, window: int, size: int | None = None) -> torch.Tensor
 
     The view is made with ``Tensor.unfold`` (a window of ``size`` rows every w rows), which has
     exactly these strides, but whose backward adds up the gradients of overlapping chunks
-    whatever x's own strides are, and which torch.compile, torch.export and vmap understand.
+    whatever x's own strides are, and which torch.export and vmap understand.
+
+    Under torch.compile (when ``size`` is a multiple of w, as 2w and 3w are) the chunks are
+    built as copies instead: chunk c is the blocks c, c + 1, ... of w rows, concatenated. With
+    torch 2.13 on the CPU, the code inductor generates for ``unfold``'s backward writes the
+    overlapping chunks' gradients from several threads at once: with two threads the gradient
+    came out wrong or the process crashed (tests/test_edges.py compiles forward and backward).
+    The copies' backward adds disjoint slices, and the graph computes the same numbers.
     """
     window = check_chunk_window(window)
     size = 2 * window if size is None else check_int(size, "size", minimum=1)
@@ -71,6 +78,10 @@ def chunk(x: torch.Tensor, window: int, size: int | None = None) -> torch.Tensor
         raise ValueError(
             f"x must hold a whole number of chunks of {size} tokens stepping by {window}, got L = {L}"
         )
+    if torch.compiler.is_compiling() and size % window == 0:
+        blocks = x.reshape(x.shape[0], L // window, window, x.shape[2])  # BH x L/w x w x d
+        C = (L - size) // window + 1
+        return torch.cat([blocks[:, j : j + C] for j in range(size // window)], dim=2)  # BH x C x size x d
     return x.unfold(1, size, window).transpose(-1, -2)  # BH x C x size x d
 
 

@@ -76,17 +76,18 @@ def summary(result: dict) -> list[dict]:
 
 
 def format_summary(table: list[dict]) -> str:
-    """The summary as fixed-width text, one configuration per line."""
+    """The summary as fixed-width text, one configuration per line (at most 80 characters)."""
     def span(values, which):
-        return "   -  " if values is None else f"{values[which]:6.2f}"
+        return "   - " if values is None else f"{values[which]:5.2f}"
 
-    lines = ["layers   w  dilation      global   reach | reachable: min  mean | gap: max | beyond: mean  max"]
+    lines = ["                                   | reachable  |  gap  |   beyond",
+             "layers   w  dilation  global reach |  min  mean |  max  |  mean   max"]
     for e in table:
         dilation = "-" if e["dilation"] == 1 else ",".join(map(str, e["dilation"]))
         reach = f"{e['covered']}" if e["covered"] == e["farthest"] else f"{e['covered']}/{e['farthest']}"
-        lines.append(f"{e['layers']:6d} {e['window']:3d}  {dilation:12s}  {e['global_token'] or '-':6s} {reach:>7s} |"
-                     f"          {span(e['reachable'], 0)} {span(e['reachable'], 1)} |  {span(e['gap'], 2)}  |"
-                     f"      {span(e['beyond'], 1)} {span(e['beyond'], 2)}")
+        lines.append(f"{e['layers']:6d} {e['window']:3d}  {dilation:8s}  {e['global_token'] or '-':6s}"
+                     f"{reach:>6s} |{span(e['reachable'], 0)} {span(e['reachable'], 1)} |"
+                     f"{span(e['gap'], 2)}  | {span(e['beyond'], 1)} {span(e['beyond'], 2)}")
     return "\n".join(lines)
 
 

@@ -14,8 +14,8 @@ into one product, so k and v are indexed, never repeated.
 * **Forward.** For each group of g tiles of one key/value head: scores [g, (H / H_kv) b, span] = Q K^T
   (q scaled in the accumulation dtype), with a softcap c > 0 capped at c tanh(scores / c), the
   cells outside the window masked, P = softmax(scores), O = P V, and each
-  row's log-sum-exp lse = m - log(max_j P_ij) (m the row's largest score, since the largest
-  weight is exp(m - lse)). A query with no allowed key gets O = 0 and lse = -inf.
+  row's log-sum-exp from P (:func:`~swa_tutorial.core.softmax.lse_from_probs`). A query with
+  no allowed key gets O = 0 and lse = -inf.
 * **Backward** (FlashAttention-2's, recomputing instead of storing): from q, k, v, O and lse,
   each group recomputes P = exp(scores - lse) and, with dO and dlse the upstream gradients and
   D_i = sum_c dO_ic O_ic,
@@ -46,25 +46,15 @@ float32, so the scores are accumulated and kept in float32; the softmax and P V 
 Why one exact softmax over the whole span, not FlashAttention's online softmax over key
 sub-tiles: a GPU kernel needs the online form because a tile's scores must fit in on-chip memory.
 Here a group's scores fit in the CPU's cache anyway, and the exact form lets PyTorch's fused
-softmax do in one call what the online form needs several calls per sub-tile and a rescaled
-accumulator for. The choices were measured on a 2-core AMD EPYC (B = 1, H = 12, d = 64,
-w = 256, float32; process CPU time, the least of 5 runs, on a machine shared with other work):
+softmax do in one call what the online form needs several calls per sub-tile for. The exact
+form, b = 64 and ``GROUP_CELLS`` = 2^19 were picked from a few settings timed on a 2-core CPU
+(no result file kept); the timings of the chosen setting are book/data/cpu-float32-*tiles.json,
+read in the tiles chapter (book/16_tiles.ipynb) and the benchmarks chapter.
 
-* the online form (key sub-tiles of b, a running maximum and sum) took 0.47 to 0.59 s for the
-  forward at L = 8192 on one thread, the exact form 0.33 s;
-* b = 64 and ``GROUP_CELLS`` = 2^19, a balance of forward and backward: with 2 threads (and
-  ``OMP_WAIT_POLICY=passive``, see below), the forward at L = 16384 took 0.60 s (b = 64 with
-  groups of 2^18 cells: 0.59 s, of 2^20: 0.79 s; b = 32 with 2^18: 0.56 s; b = 128: 0.70 s),
-  forward + backward at L = 8192 1.31 s (2^18: 1.39 s, 2^20: 1.29 s; b = 32: 1.34 s,
-  b = 128: 1.42 s). Smaller tiles waste fewer masked cells (b + 2w columns
-  for 2w + 1 useful ones) but make smaller products; larger groups make fewer calls but leave
-  the cache.
-
-Every group costs a few dozen small PyTorch calls per head, so the path suits long sequences;
-a fused kernel (FlashAttention, FlexAttention, a Triton kernel) does the same work in one launch
-on a GPU. On a CPU shared with other busy processes, OpenMP's default of spinning idle threads
-makes each of those calls wait for a thread that is not running; ``OMP_WAIT_POLICY=passive``
-(set before PyTorch starts) avoids that.
+Every group costs a few dozen small PyTorch calls per head, so the path suits long sequences.
+On a CPU shared with other busy processes, OpenMP's default of spinning idle threads makes each
+of those calls wait for a thread that is not running; ``OMP_WAIT_POLICY=passive`` (set before
+PyTorch starts) avoids that.
 """
 
 from __future__ import annotations
@@ -74,6 +64,7 @@ from dataclasses import dataclass
 import torch
 
 from swa_tutorial.core.precision import accumulation_dtype
+from swa_tutorial.core.softmax import lse_from_probs
 from swa_tutorial.core.tiling import TileGroup, tile_groups
 
 TILE_ROWS = 64  # b: queries per tile
@@ -222,7 +213,7 @@ def _forward(q, k, v, window, key_padding_mask, scale, softcap, tile_rows, group
         row_max = scores.amax(dim=-1)  # tiles x n x rows
         probs = torch.softmax(scores, dim=-1)
         out_tiles = torch.bmm(probs.flatten(1, 2), work.v_spans).unflatten(1, scores.shape[1:3])  # tiles x n x rows x d_v
-        lse_tiles = row_max - probs.amax(dim=-1).log()  # the largest weight is exp(row_max - lse)
+        lse_tiles = lse_from_probs(row_max, probs)
         if work.mask.no_key is not None:  # their softmax is 0 / 0
             out_tiles.masked_fill_(work.mask.no_key[:, None, :, None], 0.0)
             lse_tiles.masked_fill_(work.mask.no_key[:, None], NEG_INF)

@@ -188,3 +188,76 @@ def quartile_line(result: dict) -> str:
     q = [1e3 * x for x in quartiles(result["times_s"])]
     compiled = f"  compile {result['compile_s']:.2f} s" if "compile_s" in result else ""
     return f"{result['L']:>6} " + " ".join(f"{x:7.3f}" for x in q) + compiled
+
+
+# The kernel's GPU run (python -m swa_tutorial.bench.kernel_timing and .triton_check): files of
+# their own schemas, one per shape and one per check, read here as tables.
+
+
+def load_json(path) -> dict:
+    """One committed JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def kernel_rows(run: dict):
+    """(L, mode, row) for each configuration of a kernel_timing file, in the file's order."""
+    for row in run["results"]:
+        yield row["seq_len"], row["mode"], row
+
+
+def kernel_time(result: dict) -> str:
+    """"median (IQR)" in ms of one implementation in a kernel_timing file, or why it has none."""
+    if "median_s" not in result:
+        return next(iter(result), "-")  # "error" or "out_of_memory"
+    return f"{1e3 * result['median_s']:.2f} ({1e3 * result['iqr_s']:.2f})"
+
+
+def kernel_race_table(run: dict, other: str = "flex") -> str:
+    """Median (IQR) in ms of the Triton kernel and of ``other``, and the kernel's time over
+    ``other``'s with the range the quartiles allow ("~" when within noise)."""
+    lines = [f"{'L':>6} {'mode':8}{'triton ms':>15}{other + ' ms':>15}{'triton / ' + other:>22}"]
+    for L, mode, row in kernel_rows(run):
+        timed = row["implementations"]
+        c = row[f"triton_over_{other}"]
+        spread = f"{c['ratio']:.2f} [{c['low']:.2f}-{c['high']:.2f}]" + (" ~" if c["within_noise"] else "")
+        lines.append(f"{tick(L):>6} {mode:8}{kernel_time(timed['triton']):>15}"
+                     f"{kernel_time(timed[other]):>15}{spread:>22}")
+    return "\n".join(lines)
+
+
+def kernel_rate_table(run: dict, impls=("triton", "flex", "sdpa_flash")) -> str:
+    """Useful TFLOP/s of each implementation (only the cells inside the window count), with its
+    share of the matrix-product peak the same run measured."""
+    lines = [f"{'L':>6} {'mode':8}" + "".join(f"{i:>16}" for i in impls)]
+    for L, mode, row in kernel_rows(run):
+        timed = row["implementations"]
+        cells = [f"{timed[i]['useful_tflops_per_s']:.0f} ({timed[i]['fraction_of_matmul_peak']:.0%})" for i in impls]
+        lines.append(f"{tick(L):>6} {mode:8}" + "".join(f"{c:>16}" for c in cells))
+    return "\n".join(lines)
+
+
+def check_case(case: dict) -> str:
+    """One case of a triton_check file in a few words: dtype, L, heads, d, window, padding, cap."""
+    heads = f"{case['heads']}/{case['kv_heads']}" if case.get("kv_heads") else str(case["heads"])
+    cap = f", cap {case['softcap']:g}" if case.get("softcap") else ""
+    strided = ", strided" if case["layout"] != "contiguous" else ""
+    window = f"({case['window'][0]}, {case['window'][1]})"
+    return (f"{case['dtype']} L={case['seq_len']} H={heads} d={case['head_dim']} {window} "
+            f"{case['padding']}{cap}{strided}")
+
+
+def check_failures(check: dict) -> list[str]:
+    """Each failed case of a triton_check file, wrapped to ``WIDTH``: the error it raised, or each
+    quantity over its allowance, as error / allowance."""
+    lines = []
+    for result in check["cases"]:
+        if result["ok"]:
+            continue
+        if "error" in result:
+            why = "raised " + result["error"]
+        else:
+            errors, allowed = result["errors"], result["allowed"]
+            why = ", ".join(f"{n} {e / allowed[n]:.2f}x" if allowed[n] else f"{n} {e:.1e} over 0"
+                            for n, e in errors.items() if e > allowed[n])
+        lines.append(textwrap.fill(f"{check_case(result['case'])}: {why}", WIDTH, subsequent_indent="    "))
+    return lines

@@ -14,6 +14,10 @@ differs, and the figure draws it apart:
   no reuse of a key tile between query tiles.
 * **inferred** (hollow markers): dense SDPA ("dense_sdpa"), a fused kernel reading q, k, v and
   an L x L bias of the input's dtype, writing the output; the files do not say which kernel ran.
+
+The package's Triton kernel ("triton") is timed by its own benchmark,
+``python -m swa_tutorial.bench.kernel_timing``, in files of another schema: :func:`kernel_points`
+places its forward timings at its modelled intensity (its own tiles, no reuse).
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from swa_tutorial.bench.measure import quartiles, useful_flops
 from swa_tutorial.tutorial.traffic import fused_traffic
 
 # How the bytes of each implementation are found, and how it is drawn: colour, marker, name.
-SOURCE = {"swa": "counted", "tiles": "counted", "flex": "modelled", "dense_sdpa": "inferred"}
+SOURCE = {"swa": "counted", "tiles": "counted", "flex": "modelled", "dense_sdpa": "inferred",
+          "triton": "modelled"}
 STYLE = {"swa": ("#1f77b4", "o", "chunks"),
          "tiles": ("#ff7f0e", "D", "tiles (PyTorch)"),
          "flex": ("#2ca02c", "s", "FlexAttention"),
-         "dense_sdpa": ("#7f7f7f", "^", "dense SDPA")}
+         "dense_sdpa": ("#7f7f7f", "^", "dense SDPA"),
+         "triton": ("#d62728", "v", "Triton kernel")}
 LINES = {"bfloat16": "-", "float32": "--"}  # the dtype of a point's series
 FLEX_TILE = 128  # FlexAttention's block mask: 128 x 128 blocks
 
@@ -95,19 +101,36 @@ def points(run: dict, impls, counted: dict, tiles_counted: dict) -> list[Point]:
     return out
 
 
+def kernel_points(run: dict, tile: int) -> list[Point]:
+    """The forward timings of the Triton kernel in a kernel_timing file, at the intensity
+    :func:`~swa_tutorial.tutorial.traffic.fused_traffic` models for ``tile`` x ``tile`` tiles."""
+    shape, out = run["shape"], []
+    if shape["H_kv"] != shape["H"]:
+        raise ValueError(f"run must have H_kv = H (the traffic model's), got {shape}")
+    itemsize = torch.empty(0, dtype=getattr(torch, run["dtype"])).element_size()
+    for row in run["results"]:
+        timed = row["implementations"]["triton"]
+        if row["mode"] == "fwd" and "times_s" in timed:
+            work, L = row["useful_flops"], row["seq_len"]
+            rate, low, high = timing_range(timed, work)
+            moved = fused_traffic(shape["B"], shape["H"], L, tuple(shape["window"]), shape["d"],
+                                  shape["d"], itemsize, tile, tile)["tiles"]
+            out.append(Point("triton", run["dtype"], L, work / moved, rate, low, high, SOURCE["triton"]))
+    return out
+
+
 def roof(beta: float, peak: float, intensity):
     """The roof min(peak, beta * intensity): the fastest a computation of that intensity can run."""
     return np.minimum(peak, beta * np.asarray(intensity, dtype=float))
 
 
 def draw_roofline(ax, beta: float, peaks: dict, pts: list[Point], title: str, *, ring: int = 16384,
-                  xlim=(0.1, 3000), kernel=None):
+                  xlim=(0.1, 3000)):
     """The roofs (one per dtype of ``peaks``, bytes at ``beta``/s) and the points, on log-log axes.
 
     A series is one implementation in one dtype: its colour and marker name the implementation,
     its line the dtype (solid bfloat16, dashed float32), a filled marker bytes counted op by op
     and a hollow one bytes modelled or inferred. The points at L = ``ring`` are ringed.
-    ``kernel``: (intensity, label) of a kernel not yet timed, drawn as a dotted vertical line.
     Returns the legend's handles, for the caller to place.
     """
     xs = np.logspace(np.log10(xlim[0]), np.log10(xlim[1]), 200)
@@ -115,8 +138,6 @@ def draw_roofline(ax, beta: float, peaks: dict, pts: list[Point], title: str, *,
     for dtype, peak in peaks.items():
         handles += ax.plot(xs, roof(beta, peak, xs), color="black", lw=1.4, ls=LINES[dtype],
                            label=f"roof, {dtype}")
-    if kernel:
-        handles.append(ax.axvline(kernel[0], color="#d62728", ls=":", lw=1.5, label=kernel[1]))
     for impl, dtype in sorted({(p.impl, p.dtype) for p in pts}):
         series = sorted((p for p in pts if (p.impl, p.dtype) == (impl, dtype)), key=lambda p: p.seq_len)
         color, marker, name = STYLE[impl]

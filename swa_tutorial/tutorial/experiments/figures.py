@@ -76,17 +76,19 @@ def summary(result: dict) -> list[dict]:
 
 
 def format_summary(table: list[dict]) -> str:
-    """The summary as fixed-width text, one configuration per line."""
+    """The summary as fixed-width text, one configuration per line (80 characters at most)."""
     def span(values, which):
         return "   -  " if values is None else f"{values[which]:6.2f}"
 
-    lines = ["layers   w  dilation      global   reach | reachable: min  mean | gap: max | beyond: mean  max"]
+    lines = [f"{'|':>37}{'reachable':>13}  |{'gap':>6}  |{'beyond':>11}",
+             f"layers   w  dilation  global {'reach':>6} |{'min':>7}{'mean':>7} |{'max':>7} |"
+             f"{'mean':>7}{'max':>7}"]
     for e in table:
         dilation = "-" if e["dilation"] == 1 else ",".join(map(str, e["dilation"]))
         reach = f"{e['covered']}" if e["covered"] == e["farthest"] else f"{e['covered']}/{e['farthest']}"
-        lines.append(f"{e['layers']:6d} {e['window']:3d}  {dilation:12s}  {e['global_token'] or '-':6s} {reach:>7s} |"
-                     f"          {span(e['reachable'], 0)} {span(e['reachable'], 1)} |  {span(e['gap'], 2)}  |"
-                     f"      {span(e['beyond'], 1)} {span(e['beyond'], 2)}")
+        lines.append(f"{e['layers']:6d} {e['window']:3d}  {dilation:8s}  {e['global_token'] or '-':6s} {reach:>6s}"
+                     f" | {span(e['reachable'], 0)} {span(e['reachable'], 1)} | {span(e['gap'], 2)}"
+                     f" | {span(e['beyond'], 1)} {span(e['beyond'], 2)}")
     return "\n".join(lines)
 
 

@@ -90,14 +90,15 @@ def choose(device: torch.device, seq_len: int, window: tuple[int, int]) -> str:
       cells), the two tie at w = 128 (328k), and from there on, and at every w at L = 4096, the
       tiles are faster (2.5 to 4x at w = 256) and hold a fraction of the memory.
     * CUDA and anything else: ``"chunks"``. The Triton kernel (``backend="triton"``) has run on
-      one GPU, an H200 (torch 2.11, Triton 3.6; book/data/gpu-2026-12-04/, made by
-      book/data/gpu-run-3.sh). Against float64 (gpu3-triton-check*.json; float64 itself
+      one GPU, an H200 (torch 2.11, Triton 3.6; ``book/data/gpu-2026-12-04/``, made by
+      ``book/data/gpu-run-3.sh``). Against float64 (``gpu3-triton-check*.json``; float64 itself
       compiled only in the rerun, after a fix) every case that ran passed but three: float32
       gradients over their allowance (dv 1.9x and dk 1.2x with grouped heads, dv 1.06x with a
       causal window, both at d = 128), and float16 at L = 1, whose gradient allowance was 0
-      (widened after the run, not rerun on a GPU). Timed in bfloat16 (kernel-timing-*.json), it beats SDPA (flash without a window,
-      0.02 to 0.97x its time) but is slower than compiled FlexAttention: 1.08 to 1.44x its time
-      for B = 1, H = 12, d = 64, w = 256 (L = 16K to 64K, forward and forward + backward); for
+      (widened after the run, not rerun on a GPU). Timed in bfloat16
+      (``kernel-timing-*.json``), it beats SDPA (flash without a window, 0.02 to 0.97x its
+      time) but is slower than compiled FlexAttention: 1.08 to 1.44x its time for B = 1,
+      H = 12, d = 64, w = 256 (L = 16K to 64K, forward and forward + backward); for
       Mistral's shape (H = 32, H_kv = 8, d = 128, window (4095, 0)) 1.08 to 1.09x in the
       forward, 1.96 to 2.02x with the backward. That run timed neither the chunks nor the tiles,
       so no measurement from one run ranks the kernel against them; "auto" keeps the chunks.

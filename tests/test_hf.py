@@ -240,6 +240,25 @@ def test_attention_dropout_keeps_one_minus_p_and_rescales():
     assert_dropped_and_rescaled(dropped, probs, p, tolerance=0.02)  # 10368 draws: 0.02 is 4.7 standard deviations
 
 
+def test_an_exported_program_applies_the_labels_as_padding_and_refuses_packing(monkeypatch):
+    """Traced for export, the attention cannot branch on the labels' values: it rotates the
+    unwritten slots (-1) of a static cache to the front and masks them with the padding (0),
+    which equals the eager path (it slices them off); cu_seq_lens is refused by name.
+    tests/test_onnx.py exports a model."""
+    g = torch.Generator().manual_seed(6)
+    q, k, v = (torch.randn(2, 4, 12, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    labels = torch.ones(2, 1, 1, 12, dtype=torch.int8)
+    labels[1, ..., :3] = 0
+    labels[..., 10:] = -1
+    eager, _ = hf.attention(Layer(), q[:, :, :10], k, v, labels, sliding_window=4)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: True)
+    exported, _ = hf.attention(Layer(), q[:, :, :10], k, v, labels, sliding_window=4)
+    torch.testing.assert_close(exported, eager, rtol=0, atol=1e-12)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    with pytest.raises(ValueError, match="an exported swa_tutorial model takes no packed documents"):
+        hf.attention(Layer(), q, k, v, None, sliding_window=4, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
+
+
 def test_model_with_attention_dropout_trains_and_is_exact_in_eval():
     net, (ids, mask) = model("mistral", attention_dropout=0.5), padded_batch()
     with torch.no_grad():

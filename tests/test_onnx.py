@@ -6,7 +6,9 @@ asymmetric window with padding, and causal attention), free L from 1 up; and a t
 Longformer patched by patch_hf_longformer, with global tokens in some inputs and none in
 others. Hugging Face's model pads the input to a multiple of its attention window with a Python
 branch on L mod that window, so its exported length is that multiple (8 n, n >= 1), as a
-tokenizer's ``pad_to_multiple_of`` gives it.
+tokenizer's ``pad_to_multiple_of`` gives it. A third: a tiny Mistral whose attention is the
+package's through transformers' attention interface, left-padded, free L, against the same
+model with transformers' own "eager" attention.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from __future__ import annotations
 import onnxruntime
 import torch
 from torch.export import Dim
-from transformers import LongformerConfig, LongformerModel
+from transformers import LongformerConfig, LongformerModel, MistralConfig, MistralModel
 
-from swa_tutorial import sliding_window_attention
+from swa_tutorial import hf, sliding_window_attention
 from swa_tutorial.integrations.longformer import patch_hf_longformer
 
 
@@ -93,3 +95,47 @@ def test_a_patched_hugging_face_longformer_runs_in_onnxruntime():
         with torch.no_grad():
             expected = encoder(*inputs)
         torch.testing.assert_close(_run(program, inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+class Decoder(torch.nn.Module):
+    """A decoder's last hidden state [B, L, 32] from input_ids and the 2D attention_mask."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def _left_padded(L):
+    gen = torch.Generator().manual_seed(L)
+    attention_mask = torch.ones(2, L, dtype=torch.long)
+    attention_mask[1, : L // 3] = 0  # the second prompt is shorter: padding on the left, as for generation
+    return torch.randint(0, 64, (2, L), generator=gen), attention_mask
+
+
+def test_a_mistral_with_the_attention_interface_runs_in_onnxruntime():
+    """Window 8 keys, grouped heads (4 query heads, 2 kv heads), two layers; traced at 21 tokens,
+    run at 3 (inside the window), 17 and 50; equal to transformers' eager attention on every
+    real token. Exported, the padding is always applied as a mask (the program cannot branch on
+    whether a row has any)."""
+    hf.register()
+    config = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=8,
+                           max_position_embeddings=256)
+    torch.manual_seed(0)
+    model = MistralModel(config).eval()
+    model.set_attn_implementation("swa_tutorial")
+    decoder = Decoder(model)
+    program = torch.onnx.export(decoder, _left_padded(21), dynamo=True,
+                                dynamic_shapes=({1: Dim("L", min=1, max=200)},) * 2)
+    (name,) = _input_lengths(program)
+    assert name and not name.isdigit()
+    model.set_attn_implementation("eager")
+    for L in (3, 17, 50):
+        inputs = _left_padded(L)
+        with torch.no_grad():
+            expected = decoder(*inputs)
+        real = inputs[1].bool()
+        torch.testing.assert_close(_run(program, inputs)[real], expected[real], rtol=1e-5, atol=1e-5)

@@ -120,7 +120,7 @@ def key_labels(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_fu
         real = F.pad(attention_mask, (0, max(0, kv_offset + kv_length - attention_mask.shape[-1])))
         labels = real[:, kv_offset : kv_offset + kv_length].to(torch.int8)
     labels[:, written:] = -1
-    if bool((labels == 1).all()):
+    if not torch.compiler.is_exporting() and bool((labels == 1).all()):
         return None
     return labels[:, None, None, :]
 
@@ -156,6 +156,8 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))  # [B, H, L, d] -> [B, L, H, d]
     common = dict(scale=scaling, softcap=0.0 if softcap is None else softcap, sinks=s_aux, dropout=dropout)
     labels = _labels(attention_mask, k.shape[1], model)
+    if torch.compiler.is_exporting():
+        return _exported(q, k, v, window, labels, kwargs, model, common), None
     if labels is not None:
         written = int((labels[0] != -1).sum())  # a static cache's unwritten tail is the same in every row
         k, v, labels = k[:, :written], v[:, :written], labels[:, :written]
@@ -214,6 +216,29 @@ def cu_seqlens_from_positions(position_ids) -> torch.Tensor:
     starts[:, 1:] = position_ids.diff(dim=-1) != 1
     first = starts.flatten().nonzero().flatten()
     return torch.cat([first, first.new_tensor([B * L])]).to(torch.int32)
+
+
+def _exported(q, k, v, window, labels, kwargs, model: str, common):
+    """The attention of an exported program (torch.export, ONNX): one program for every input,
+    so it cannot branch on the labels' values. The keys of each row are rotated right by its
+    count of unwritten slots (label -1, a static cache's tail), which puts those slots first and
+    the last written key last, where the queries are aligned; the unwritten and the padding
+    slots (label 0) are then one key padding mask. With no unwritten slot the rotation is the
+    identity. Packed documents are not taken: ``cu_seq_lens`` is refused, and ``position_ids``
+    that restart within a row cannot be told from one document there (their values are not
+    known when the program is traced): export rows of one document each, with the 2D
+    ``attention_mask``."""
+    if kwargs.get("cu_seq_lens_q") is not None:
+        raise ValueError(f"{model}: an exported swa_tutorial model takes no packed documents (cu_seq_lens); "
+                         "export rows of one document each, with the 2D attention_mask")
+    if labels is None:
+        return sliding_window_attention(q, k, v, window, **common)
+    keys = labels.shape[1]
+    slot = torch.arange(keys, device=labels.device) - (labels == -1).sum(dim=1, keepdim=True)  # B x Lk
+    slot = torch.where(slot < 0, slot + keys, slot)  # (slot mod Lk: ONNX's converter has no mod by a traced size)
+    k, v = (torch.gather(x, 1, slot[:, :, None, None].expand_as(x)) for x in (k, v))
+    padding = torch.gather(labels, 1, slot) != 1
+    return sliding_window_attention(q, k, v, window, key_padding_mask=padding, **common)
 
 
 def _documents(position_ids, B: int, L: int):

@@ -178,7 +178,9 @@ def run_child(spec: dict) -> dict:
         if spec["what"] == "decode":  # one process, every implementation
             return [{**base, "impl": impl, "status": "ok", **r} for impl, r in result.items()]
         return {**base, "status": "ok", **result}
-    oom = proc.returncode < 0 or any(s in proc.stderr for s in ("out of memory", "MemoryError", "OutOfMemoryError"))
+    # PyTorch's CPU allocator says "can't allocate memory" when the address-space cap refuses it
+    oom = proc.returncode < 0 or any(s in proc.stderr for s in ("out of memory", "MemoryError", "OutOfMemoryError",
+                                                                 "can't allocate memory"))
     return {**base, "status": "oom" if oom else "error",
             "reason": (f"needs more than the cap of {spec['memory_limit_bytes'] / 2**30:.1f} GiB; "
                        if oom else "") + proc.stderr.strip()[-400:]}

@@ -61,10 +61,10 @@ def chunk(x: torch.Tensor, window: int, size: int | None = None) -> torch.Tensor
 
     The view is made with ``Tensor.unfold`` (a window of ``size`` rows every w rows), which has
     exactly these strides, but whose backward adds up the gradients of overlapping chunks
-    whatever x's own strides are, and which torch.export and vmap understand.
+    whatever x's own strides are, and which vmap understands.
 
-    Under torch.compile (when ``size`` is a multiple of w, as 2w and 3w are) the chunks are
-    built as copies instead: chunk c is the blocks c, c + 1, ... of w rows, concatenated. With
+    While torch.compile or torch.export traces (``torch.compiler.is_compiling()``; when
+    ``size`` is a multiple of w, as 2w and 3w are) the chunks are built as copies instead: chunk c is the blocks c, c + 1, ... of w rows, concatenated. With
     torch 2.13 on the CPU, the code inductor generates for ``unfold``'s backward writes the
     overlapping chunks' gradients from several threads at once: with two threads the gradient
     came out wrong or the process crashed (tests/test_edges.py compiles forward and backward).

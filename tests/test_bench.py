@@ -251,6 +251,8 @@ def test_gqa_benchmark_checks_every_call_and_compares_the_package_with_each_othe
     assert {(r["case"], r["impl"]) for r in doc["results"]} == expected
     assert all(r["status"] == "ok" and r["check"]["ok"] and r["times_s"] for r in doc["results"])
     assert {(r["case"], r["swa_over"]) for r in doc["ratios"]} == {c for c in expected if c[1] != "swa"}
+    some = gqa.run({**config, "cache": 0, "impls": ["sdpa_mask_gqa"]}, isolate=False, progress=lambda line: None)
+    assert [r["impl"] for r in some["results"]] == ["swa", "sdpa_mask_gqa"]
     spec = {**config, "q_len": 40, "k_len": 40}
     q, k, v = gqa.inputs(spec)
     assert not gqa.check(spec, q, k, v, torch.zeros(1, 40, 4, 8))["ok"]

@@ -287,22 +287,19 @@ def test_inputs_are_not_modified():
 
 @given(st.integers(1, 200), st.integers(0, 210), st.integers(0, 210), st.integers(1, 70), st.integers(1, 5000))
 def test_tile_groups_cover_every_query_and_its_keys(L, left, right, rows, cells):
-    """Each query is in exactly one tile; that tile's span holds all its keys and stays in [0, L)."""
+    """Each query is in exactly one tile; that tile's span is exactly the keys its queries may see."""
     window = clip_window((left, right), L - 1)
     groups = tile_groups(L, window, rows, cells)
-    span = groups[0].span
-    assert span == min(min(rows, L) + sum(window), L)
     seen = torch.zeros(L, dtype=torch.int64)
     for group in groups:
-        assert group.span == span
-        assert group.tiles == 1 or group.tiles * group.rows * span <= cells
+        assert group.tiles == 1 or group.tiles * group.rows * group.span <= cells
+        assert group.key_step in (0, group.rows)
         for t in range(group.tiles):
             first_key = group.first_key + t * group.key_step
             first_query = group.first_query + t * group.rows
             seen[first_query : first_query + group.rows] += 1
-            assert 0 <= first_key and first_key + span <= L
-            assert first_key <= max(first_query - window[0], 0)
-            assert first_key + span >= min(first_query + group.rows + window[1], L)
+            assert first_key == max(first_query - window[0], 0)
+            assert first_key + group.span == min(first_query + group.rows + window[1], L)
     assert (seen == 1).all()
 
 
@@ -358,3 +355,14 @@ def test_memory_per_group_is_bounded(window):
         assert 0 < mode.largest <= max(cells, rows * (rows + sum(window)))
         largest.append(mode.largest)
     assert largest[0] == largest[1]
+
+
+@given(st.integers(1, 120), st.integers(0, 130), st.integers(0, 130), st.integers(1, 40), st.integers(1, 3000))
+def test_a_group_mask_blocks_exactly_the_cells_outside_the_window(L, left, right, rows, cells):
+    """The mask's column pieces leave out only columns that no row of any tile blocks."""
+    window = clip_window((left, right), L - 1)
+    for group in tile_groups(L, window, rows, cells):
+        blocked = tiles.window_blocked(group, window, "cpu")
+        mask = tiles.GroupMask.build(group, window, blocked, None)
+        scores = mask.apply(torch.zeros(group.tiles, 1, group.rows, group.span))
+        assert torch.equal(scores.isinf(), blocked.expand(group.tiles, -1, -1)[:, None])

@@ -34,10 +34,10 @@ Memory: besides O(L d) for the inputs, outputs and gradients, the work on one gr
 key/value head holds a few tensors of at most g x span x max((H / H_kv) b, d, d_v) elements, g
 the largest number of tiles with g (H / H_kv) b span <= ``GROUP_CELLS`` (at least 1), so the peak
 does not grow with L, B or H. The
-tiles' spans are views of k and v (``unfold``), not copies. Near the ends of the sequence a span
-is clamped inside [0, L): tiles there share one span (an ``expand``), so no key outside the
-sequence is ever made up, and a window as wide as the sequence scores L x L cells, as many as
-dense attention.
+tiles' spans are views of k and v (``unfold``), not copies. Near either end of the sequence a
+tile's span is cut at the end (:func:`~swa_tutorial.core.tiling.tile_groups`): a causal window
+(left, 0) scores about L (left + b / 2) cells, not L (left + b), no key outside the sequence is
+ever made up, and a window as wide as the sequence scores L x L cells, as many as dense attention.
 
 Precision: for float16 and bfloat16, q and k are upcast to float32 and the scale is applied in
 float32, so the scores are accumulated and kept in float32; the softmax and P V run in float32;
@@ -124,9 +124,14 @@ class GroupMask:
         if padding is not None:
             blocked = blocked | spans(padding[group.keys], group)[:, None, :]  # tiles x rows x span
             return cls([(slice(0, span), blocked)], no_key=blocked.all(dim=-1))
+        # Cell (r, c) of tile t: query minus key = D_t + r - c, with D_t linear in t. Column c is
+        # free (no row of any tile blocks it) when D_t + rows - 1 - c <= left and D_t - c >= -right
+        # for every t, so the first and the last tile bound the free columns.
         left, right = window
-        free_from, free_to = group.rows - 1, left + right + 1  # in a sliding span every row sees these
-        if group.key_step and free_from < free_to:
+        D = [group.first_query - group.first_key + t * (group.rows - group.key_step) for t in (0, group.tiles - 1)]
+        free_from = min(max(max(D) + group.rows - 1 - left, 0), span)
+        free_to = max(min(min(D) + right + 1, span), 0)
+        if free_from < free_to:
             pieces = [(slice(0, free_from), blocked[..., :free_from]), (slice(free_to, span), blocked[..., free_to:])]
             return cls([(cols, m) for cols, m in pieces if m.shape[-1]])
         return cls([(slice(0, span), blocked)])

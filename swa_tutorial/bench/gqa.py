@@ -1,6 +1,7 @@
 """Grouped heads without repeated keys, and decoding against a cache: time and peak memory.
 
-    python -m swa_tutorial.bench.gqa [--lengths 16384 32768] [--threads 1] [--out FILE.json]
+    python -m swa_tutorial.bench.gqa [--lengths 16384 32768] [--impls swa sdpa_mask_gqa ...]
+                                     [--threads 1] [--out FILE.json]
 
 Prefill (``--lengths``): B = 1, H = 32 query heads sharing H_kv = 8 key/value heads, d = 128,
 float32, the causal window (4095, 0) (Mistral's W = 4096 keys), forward only. Implementations:
@@ -11,6 +12,8 @@ float32, the causal window (4095, 0) (Mistral's W = 4096 keys), forward only. Im
 * ``sdpa_mask_gqa``: ``scaled_dot_product_attention`` with the window as a boolean L x L mask
   and ``enable_gqa=True``;
 * ``sdpa_mask_repeated``: the same mask, k and v repeated inside the measured call.
+
+``--impls`` measures some of them (default: all four; ``swa`` always, since every ratio is to it).
 
 The mask is made before the call, as a model makes it once per batch, but inside the memory
 measurement (it is what SDPA costs a sliding window).
@@ -154,7 +157,8 @@ def run(config: dict, isolate: bool = True, progress=print, save=None) -> dict:
     base = {key: config[key] for key in ("B", "H", "H_kv", "d", "window", "threads", "reps", "min_time", "seed")}
     specs = [{**base, "case": "decoding", "impl": impl, "q_len": 1, "k_len": config["cache"]}
              for impl in (DECODING if config["cache"] else ())]
-    specs += [{**base, "case": "prefill", "impl": impl, "q_len": L, "k_len": L} for L in config["lengths"] for impl in PREFILL]
+    impls = [impl for impl in PREFILL if impl == "swa" or impl in config.get("impls", PREFILL)]
+    specs += [{**base, "case": "prefill", "impl": impl, "q_len": L, "k_len": L} for L in config["lengths"] for impl in impls]
     results = []
     for spec in specs:
         result = measure_isolated(spec) if isolate else measure(spec)
@@ -179,6 +183,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="*", default=[16384, 32768], help="prefill lengths L")
     parser.add_argument("--cache", type=int, default=16384, help="the decoding step's cache length (0: none)")
+    parser.add_argument("--impls", nargs="+", choices=PREFILL, default=list(PREFILL),
+                        help="the prefill implementations to measure (swa always)")
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--kv-heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=128)
@@ -198,7 +204,7 @@ def main(argv=None) -> None:
         print(json.dumps(measure(json.loads(args.child))), flush=True)
         return
     config = {"B": 1, "H": args.heads, "H_kv": args.kv_heads, "d": args.head_dim, "window": [args.window, 0],
-              "lengths": args.lengths, "cache": args.cache, "threads": args.threads, "reps": args.reps,
+              "lengths": args.lengths, "impls": args.impls, "cache": args.cache, "threads": args.threads, "reps": args.reps,
               "min_time": args.min_time, "seed": 0, "dtype": "float32", "mode": "forward"}
     doc = {"schema": SCHEMA, "provenance": provenance(torch.device("cpu"), args.threads, args.commit), "config": config}
 

@@ -1,7 +1,7 @@
 """Tiles: which keys a block of queries must score. Pure index arithmetic, no tensor math.
 
 Two tilings serve the package's fused paths. The PyTorch tiles (:func:`tile_groups`) give each
-query tile one contiguous span of keys, clamped inside the sequence. The Triton kernel
+query tile one contiguous span of keys, the keys its queries may see. The Triton kernel
 (:func:`key_tile_span`) walks key tiles of a fixed size and sorts them into skipped, full and
 partial tiles, so that full tiles need no mask.
 """
@@ -9,7 +9,7 @@ partial tiles, so that full tiles need no mask.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -19,8 +19,8 @@ class TileGroup:
     """``tiles`` consecutive query tiles of ``rows`` queries each, the first at ``first_query``.
 
     Tile t scores the ``span`` keys from ``first_key + t * key_step``: ``key_step`` = ``rows``
-    where the span slides with its tile, 0 where every tile of the group sees the same span (at
-    the ends of the sequence, where spans are clamped inside it).
+    where the span slides with its tile, 0 where every tile of the group sees the same span (a
+    window as wide as the sequence, where every span is the whole of it).
     """
 
     first_query: int
@@ -44,37 +44,31 @@ class TileGroup:
 def tile_groups(seq_len: int, window: tuple[int, int], tile_rows: int, group_cells: int) -> list[TileGroup]:
     """Split L queries into tiles of ``tile_rows`` (b) and the tiles into groups.
 
-    Every tile scores span = min(b + left + right, L) keys. A tile's span starts at
-    ``i0 - left`` clamped to [0, L - span]; consecutive tiles whose spans slide (unclamped), or
-    share one clamped start, form runs, cut into groups of at most max(1, group_cells //
-    (b span)) tiles. A last, shorter tile (L not a multiple of b) is a group of its own.
+    A tile of n queries from i0 scores exactly the keys they may see:
+    max(i0 - left, 0) .. min(i0 + n - 1 + right, L - 1), a span of at most b + left + right
+    keys; near either end of the sequence it is cut there, so a tile never scores a key that
+    none of its queries reaches. Consecutive tiles whose spans have one size and either slide
+    with their tiles or stay in place form a group of at most max(1, group_cells // (b span))
+    tiles, scored in one batched product. A last, shorter tile (L not a multiple of b) is a
+    group of its own.
     """
     left, right = window
     rows = min(tile_rows, seq_len)
-    span = min(rows + left + right, seq_len)
-    per_group = max(1, group_cells // (rows * span))
-
-    def span_start(first_query: int) -> int:
-        return min(max(first_query - left, 0), seq_len - span)
-
-    def kind(tile: int) -> int:  # -1: clamped at the start, 0: sliding, 1: clamped at the end
-        start = tile * rows - left
-        return -1 if start < 0 else (1 if start > seq_len - span else 0)
-
-    groups = []
-    full_tiles = seq_len // rows
-    tile = 0
-    while tile < full_tiles:
-        end = tile + 1
-        while end < full_tiles and end - tile < per_group and kind(end) == kind(tile):
-            end += 1
-        first = tile * rows
-        step = rows if kind(tile) == 0 else 0
-        groups.append(TileGroup(first, end - tile, rows, span_start(first), step, span))
-        tile = end
-    if seq_len % rows:
-        first = full_tiles * rows
-        groups.append(TileGroup(first, 1, seq_len - first, span_start(first), 0, span))
+    groups: list[TileGroup] = []
+    for first_query in range(0, seq_len, rows):
+        n = min(rows, seq_len - first_query)
+        first_key = max(first_query - left, 0)
+        span = min(first_query + n + right, seq_len) - first_key
+        if groups:
+            last = groups[-1]
+            step = first_key - last.first_key if last.tiles == 1 else last.key_step
+            joins = (n == last.rows and span == last.span and step in (0, rows)
+                     and first_key == last.first_key + last.tiles * step
+                     and last.tiles < max(1, group_cells // (rows * span)))
+            if joins:
+                groups[-1] = replace(last, tiles=last.tiles + 1, key_step=step)
+                continue
+        groups.append(TileGroup(first_query, 1, n, first_key, 0, span))
     return groups
 
 

@@ -287,19 +287,23 @@ def test_inputs_are_not_modified():
 
 @given(st.integers(1, 200), st.integers(0, 210), st.integers(0, 210), st.integers(1, 70), st.integers(1, 5000))
 def test_tile_groups_cover_every_query_and_its_keys(L, left, right, rows, cells):
-    """Each query is in exactly one tile; that tile's span is exactly the keys its queries may see."""
+    """Each query is in exactly one tile; that tile's span holds all its keys, stays in [0, L) and
+    holds at most b + left + right keys; a tile alone in its group scores exactly its keys."""
     window = clip_window((left, right), L - 1)
     groups = tile_groups(L, window, rows, cells)
+    full = min(min(rows, L) + sum(window), L)
     seen = torch.zeros(L, dtype=torch.int64)
     for group in groups:
         assert group.tiles == 1 or group.tiles * group.rows * group.span <= cells
-        assert group.key_step in (0, group.rows)
+        assert group.key_step in (0, group.rows) and group.span <= full
         for t in range(group.tiles):
             first_key = group.first_key + t * group.key_step
             first_query = group.first_query + t * group.rows
             seen[first_query : first_query + group.rows] += 1
-            assert first_key == max(first_query - window[0], 0)
-            assert first_key + group.span == min(first_query + group.rows + window[1], L)
+            needed = (max(first_query - window[0], 0), min(first_query + group.rows + window[1], L))
+            assert 0 <= first_key <= needed[0] and needed[1] <= first_key + group.span <= L
+            if group.tiles == 1:
+                assert (first_key, first_key + group.span) == needed
     assert (seen == 1).all()
 
 

@@ -44,32 +44,49 @@ class TileGroup:
 def tile_groups(seq_len: int, window: tuple[int, int], tile_rows: int, group_cells: int) -> list[TileGroup]:
     """Split L queries into tiles of ``tile_rows`` (b) and the tiles into groups.
 
-    A tile of n queries from i0 scores exactly the keys they may see:
-    max(i0 - left, 0) .. min(i0 + n - 1 + right, L - 1), a span of at most b + left + right
-    keys; near either end of the sequence it is cut there, so a tile never scores a key that
-    none of its queries reaches. Consecutive tiles whose spans have one size and either slide
-    with their tiles or stay in place form a group of at most max(1, group_cells // (b span))
-    tiles, scored in one batched product. A last, shorter tile (L not a multiple of b) is a
+    The n queries of a tile from i0 may see keys max(i0 - left, 0) .. min(i0 + n - 1 + right,
+    L - 1): at most ``full`` = min(b + left + right, L) of them, fewer near either end of the
+    sequence. Consecutive tiles form a group, scored in one batched product, while its cells
+    (tiles x b x span) stay within ``group_cells`` (a group of one tile may hold more):
+
+    * sliding: spans of one size, each ``b`` keys on from the last (``key_step`` = b);
+    * shared: one span for every tile of the group (``key_step`` = 0), the union of their keys,
+      at most ``full`` keys. Near the ends that joins tiles whose spans the sequence cuts.
+
+    So a tile's span holds every key its queries may see and never more than ``full`` keys, and
+    a tile alone in its group (the causal window (4095, 0) with several heads per key/value head,
+    say) scores exactly its queries' keys. A last, shorter tile (L not a multiple of b) is a
     group of its own.
     """
     left, right = window
     rows = min(tile_rows, seq_len)
+    full = min(rows + left + right, seq_len)
     groups: list[TileGroup] = []
     for first_query in range(0, seq_len, rows):
         n = min(rows, seq_len - first_query)
         first_key = max(first_query - left, 0)
-        span = min(first_query + n + right, seq_len) - first_key
-        if groups:
-            last = groups[-1]
-            step = first_key - last.first_key if last.tiles == 1 else last.key_step
-            joins = (n == last.rows and span == last.span and step in (0, rows)
-                     and first_key == last.first_key + last.tiles * step
-                     and last.tiles < max(1, group_cells // (rows * span)))
-            if joins:
-                groups[-1] = replace(last, tiles=last.tiles + 1, key_step=step)
-                continue
-        groups.append(TileGroup(first_query, 1, n, first_key, 0, span))
+        end_key = min(first_query + n + right, seq_len)
+        joined = _joined(groups[-1], first_key, end_key, full, group_cells) if groups and n == rows == groups[-1].rows else None
+        if joined:
+            groups[-1] = joined
+        else:
+            groups.append(TileGroup(first_query, 1, n, first_key, 0, end_key - first_key))
     return groups
+
+
+def _joined(group: TileGroup, first_key: int, end_key: int, full: int, group_cells: int) -> TileGroup | None:
+    """``group`` with one more tile, whose keys are first_key .. end_key - 1, sliding if it can
+    and else sharing a span of at most ``full`` keys; None if neither fits in ``group_cells``."""
+    tiles = group.tiles + 1
+    if ((group.tiles == 1 or group.key_step == group.rows) and end_key - first_key == group.span
+            and first_key == group.first_key + group.tiles * group.rows):
+        grown = replace(group, tiles=tiles, key_step=group.rows)
+    elif group.key_step == 0:
+        start = min(group.first_key, first_key)
+        grown = replace(group, tiles=tiles, first_key=start, span=max(group.first_key + group.span, end_key) - start)
+    else:
+        return None
+    return grown if grown.span <= full and tiles * grown.rows * grown.span <= group_cells else None
 
 
 def key_tile_span(row_tile: int, seq_len: int, left: int, right: int, block_rows: int, block_cols: int):

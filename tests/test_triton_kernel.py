@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -288,6 +289,18 @@ def test_the_gpu_check_runs_and_writes_its_results(tmp_path):
     doc = json.loads(path.read_text())
     assert doc["ok"] and len(doc["cases"]) == len(triton_check.TINY_CASES)
     assert doc["provenance"]["interpreted"] and {"errors", "allowed"} <= set(doc["cases"][0])
+
+
+def test_a_rerun_takes_the_cases_that_failed_in_earlier_files(tmp_path):
+    """--failed-in: the cases whose ``ok`` was false in any of the files, matched by every field."""
+    first, second, third = triton_check.GPU_CASES[:3]
+    files = []
+    for name, outcomes in (("a.json", [(first, False), (second, True)]), ("b.json", [(second, True), (third, False)])):
+        path = tmp_path / name
+        path.write_text(json.dumps({"cases": [{"case": asdict(c), "ok": ok} for c, ok in outcomes]}))
+        files.append(path)
+    assert triton_check.failed_in(triton_check.GPU_CASES, files) == [first, third]
+    assert triton_check.failed_in(triton_check.GPU_CASES, files[:1]) == [first]
 
 
 # ---------------------------------------------------------------------------------------------

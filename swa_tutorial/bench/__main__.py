@@ -65,6 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="memory cap of each CPU process, as a fraction of what is available (default: 0.75)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="configurations after this many seconds are recorded as skipped (default: no limit)")
+    p.add_argument("--peak-size", type=int, default=None, metavar="N",
+                   help="n of the n x n x n matrix product timed for the device's peak (default: 8192 on "
+                   "CUDA, 2048 elsewhere; a smaller one for a quick trial, bfloat16 being slow on many CPUs)")
     p.add_argument("--commit", default=None, help="git commit to record (default: git rev-parse HEAD)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     p.add_argument("--out", "-o", default=None, metavar="FILE",
@@ -131,7 +134,7 @@ def main(argv=None) -> None:
         B=args.B, H=args.H, d=args.d, window=args.window, threads=args.threads, min_time=args.min_time,
         min_reps=args.min_reps, loop_max_len=args.loop_max_len, seed=args.seed,
         isolate=False if args.in_process else None, memory_fraction=args.memory_fraction,
-        time_budget_s=args.time_budget, out=args.out, commit=args.commit,
+        time_budget_s=args.time_budget, out=args.out, commit=args.commit, peak_n=args.peak_size,
         progress=None if args.no_progress else progress_reporter(),
     )
     print(table(doc))

@@ -355,6 +355,16 @@ def provenance(device: torch.device, commit: str | None = None) -> dict:
     )
 
 
+def failed_in(cases, paths) -> list:
+    """The cases of ``cases`` that failed (``ok`` false) in any of the result files ``paths``,
+    matched by their fields, in the order of ``cases``."""
+    failed = set()
+    for path in paths:
+        with open(path) as f:
+            failed |= {json.dumps(r["case"], sort_keys=True) for r in json.load(f)["cases"] if not r["ok"]}
+    return [case for case in cases if json.dumps(asdict(case), sort_keys=True) in failed]
+
+
 def run_cases(cases, check_case, argv, prog: str, description: str) -> int:
     """The command line of a device check: run ``check_case(case, device)`` for each case (the
     tiny ones with --tiny), print a line each, write every result and the provenance as JSON."""
@@ -364,11 +374,16 @@ def run_cases(cases, check_case, argv, prog: str, description: str) -> int:
     parser.add_argument("--out", default=prog.split(".")[-1].replace("_", "-") + ".json", help="the JSON file written")
     parser.add_argument("--max-seconds", type=float, default=float("inf"), help="start no case after this long")
     parser.add_argument("--commit", default=None, help="git commit to record (default: git rev-parse HEAD)")
+    parser.add_argument("--failed-in", nargs="+", default=(), metavar="FILE",
+                        help="run only the cases that failed in these earlier result files")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    chosen = cases[1] if args.tiny else cases[0]
+    if args.failed_in:
+        chosen = failed_in(chosen, args.failed_in)
     results = []
     run_started = time.perf_counter()
-    for case in cases[1] if args.tiny else cases[0]:
+    for case in chosen:
         if time.perf_counter() - run_started > args.max_seconds:
             print(f"stopped after {args.max_seconds} s: {len(results)} cases run")
             break

@@ -158,7 +158,8 @@ def run(config: dict, isolate: bool = True, progress=print, save=None) -> dict:
     specs = [{**base, "case": "decoding", "impl": impl, "q_len": 1, "k_len": config["cache"]}
              for impl in (DECODING if config["cache"] else ())]
     impls = [impl for impl in PREFILL if impl == "swa" or impl in config.get("impls", PREFILL)]
-    specs += [{**base, "case": "prefill", "impl": impl, "q_len": L, "k_len": L} for L in config["lengths"] for impl in impls]
+    specs += [{**base, "case": "prefill", "impl": impl, "q_len": L, "k_len": L}
+              for L in config["lengths"] for impl in impls]
     results = []
     for spec in specs:
         result = measure_isolated(spec) if isolate else measure(spec)
@@ -204,8 +205,8 @@ def main(argv=None) -> None:
         print(json.dumps(measure(json.loads(args.child))), flush=True)
         return
     config = {"B": 1, "H": args.heads, "H_kv": args.kv_heads, "d": args.head_dim, "window": [args.window, 0],
-              "lengths": args.lengths, "impls": args.impls, "cache": args.cache, "threads": args.threads, "reps": args.reps,
-              "min_time": args.min_time, "seed": 0, "dtype": "float32", "mode": "forward"}
+              "lengths": args.lengths, "impls": args.impls, "cache": args.cache, "threads": args.threads,
+              "reps": args.reps, "min_time": args.min_time, "seed": 0, "dtype": "float32", "mode": "forward"}
     doc = {"schema": SCHEMA, "provenance": provenance(torch.device("cpu"), args.threads, args.commit), "config": config}
 
     def save(results: dict) -> None:

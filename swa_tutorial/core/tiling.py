@@ -66,7 +66,8 @@ def tile_groups(seq_len: int, window: tuple[int, int], tile_rows: int, group_cel
         n = min(rows, seq_len - first_query)
         first_key = max(first_query - left, 0)
         end_key = min(first_query + n + right, seq_len)
-        joined = _joined(groups[-1], first_key, end_key, full, group_cells) if groups and n == rows == groups[-1].rows else None
+        # only full tiles join (a short one is last)
+        joined = _joined(groups[-1], first_key, end_key, full, group_cells) if groups and n == rows else None
         if joined:
             groups[-1] = joined
         else:

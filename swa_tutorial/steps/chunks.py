@@ -63,11 +63,12 @@ def chunk(x: torch.Tensor, window: int, size: int | None = None) -> torch.Tensor
     exactly these strides, but whose backward adds up the gradients of overlapping chunks
     whatever x's own strides are, and which vmap understands.
 
-    While torch.compile or torch.export traces (``torch.compiler.is_compiling()``; when
-    ``size`` is a multiple of w, as 2w and 3w are) the chunks are built as copies instead: chunk c is the blocks c, c + 1, ... of w rows, concatenated. With
-    torch 2.13 on the CPU, the code inductor generates for ``unfold``'s backward writes the
-    overlapping chunks' gradients from several threads at once: with two threads the gradient
-    came out wrong or the process crashed (tests/test_edges.py compiles forward and backward).
+    While torch.compile or torch.export traces (``torch.compiler.is_compiling()``; when ``size``
+    is a multiple of w, as 2w and 3w are) the chunks are built as copies instead: chunk c is the
+    blocks c, c + 1, ... of w rows, concatenated. With torch 2.13 on the CPU, the code inductor
+    generates for ``unfold``'s backward writes the overlapping chunks' gradients from several
+    threads at once: with two threads the gradient came out wrong or the process crashed
+    (tests/test_edges.py compiles forward and backward).
     The copies' backward adds disjoint slices, and the graph computes the same numbers.
     """
     window = check_chunk_window(window)

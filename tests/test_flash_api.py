@@ -214,12 +214,26 @@ def test_signatures_are_flash_attentions():
         (dict(deterministic=1), TypeError, "deterministic"),
         (dict(return_attn_probs="yes"), TypeError, "return_attn_probs"),
         (dict(causal=1), TypeError, "causal"),
+        (dict(dropout_p=1.0), ValueError, "dropout_p must be a probability in [0, 1)"),
+        (dict(dropout_p=-0.1), ValueError, "dropout_p must be"),
+        (dict(dropout_p="0.1"), TypeError, "dropout_p must be"),
+        (dict(softmax_scale=float("inf")), ValueError, "softmax_scale must be a finite"),
+        (dict(softmax_scale=1e39), ValueError, "softmax_scale must be finite in torch.float32"),
+        (dict(softmax_scale="1"), TypeError, "softmax_scale must be a real number"),
+        (dict(softcap=-1.0), ValueError, "softcap must be"),
     ],
 )
 def test_bad_arguments_name_themselves(kwargs, error, words):
-    q, k, v = qkv(4, 4, 2)
-    with pytest.raises(error, match=words.replace("[", r"\[").replace("]", r"\]")):
+    """Each by its name in FlashAttention's call (dropout_p and softmax_scale, not the entry
+    point's dropout and scale), in both functions; float32 inputs, whose scale must fit float32."""
+    q, k, v = qkv(4, 4, 2, dtype=torch.float32)
+    match = words.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(error, match=match):
         flash_attn_func(q, k, v, **kwargs)
+    *qkv_packed, cu_q, cu_k = documents([3, 2], [3, 2], 2, seed=8)
+    q, k, v = (x.float() for x in qkv_packed)
+    with pytest.raises(error, match=match):
+        flash_attn_varlen_func(q, k, v, cu_q, cu_k, 3, 3, **kwargs)
 
 
 def test_varlen_refuses_a_block_table_and_checks_cu_seqlens():

@@ -167,16 +167,22 @@ def check_softcap(softcap) -> float:
     return value
 
 
-def check_dropout(dropout) -> float:
-    """The attention dropout probability p: a real in [0, 1) (0 = no dropout)."""
-    value = _real(dropout, "dropout", "a probability in [0, 1)")
+def check_dropout(dropout, name: str = "dropout") -> float:
+    """The attention dropout probability p: a real in [0, 1) (0 = no dropout). ``name``: the
+    argument's name in errors (``dropout_p`` in FlashAttention's call)."""
+    value = _real(dropout, name, "a probability in [0, 1)")
     if not 0 <= value < 1:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout}")
+        raise ValueError(f"{name} must be a probability in [0, 1), got {dropout}")
     return value
 
 
 def check_sinks(sinks, heads: int, device: torch.device) -> None:
-    """None, or the attention sinks: a floating tensor [H] (one logit per query head) on ``device``."""
+    """None, or the attention sinks: a floating tensor [H] (one logit per query head) on ``device``.
+
+    Any of the four floating dtypes, whatever q's: the sinks join the softmax in the accumulation
+    dtype, so float32 sinks beside bfloat16 q (a checkpoint keeping them in full precision) lose
+    nothing, and bfloat16 sinks beside float32 q are exactly their bfloat16 values. Other dtypes
+    (integers, bool, complex) are refused."""
     if sinks is None:
         return
     check_tensor(sinks, "sinks", "[H]")
@@ -225,22 +231,23 @@ def check_like(x, name: str, like: torch.Tensor, like_name: str) -> None:
         raise ValueError(f"{name} must be on the device of {like_name} ({like.device}), got {x.device}")
 
 
-def check_scale(scale, head_dim: int, dtype: torch.dtype = torch.float64) -> float:
+def check_scale(scale, head_dim: int, dtype: torch.dtype = torch.float64, name: str = "scale") -> float:
     """Return the softmax scale: ``scale`` as a finite float, or 1 / sqrt(d) when it is None.
 
     With d = 0 every score is 0 whatever the scale; the default is then 1. The scale must be
     finite in ``dtype``, the dtype it is applied in (float32 for float32 and half inputs).
+    ``name``: the argument's name in errors (``softmax_scale`` in FlashAttention's call).
     """
     if scale is None:
         return head_dim**-0.5 if head_dim > 0 else 1.0
     if not is_real(scale):
-        raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+        raise TypeError(f"{name} must be a real number or None, got {type(scale).__name__}")
     try:
         value = float(scale)
     except OverflowError:
         value = float("inf")
     if not math.isfinite(value):
-        raise ValueError(f"scale must be a finite real number, got {scale}")
+        raise ValueError(f"{name} must be a finite real number, got {scale}")
     if abs(value) > torch.finfo(dtype).max:
-        raise ValueError(f"scale must be finite in {dtype}, the dtype it is applied in, got {scale}")
+        raise ValueError(f"{name} must be finite in {dtype}, the dtype it is applied in, got {scale}")
     return value

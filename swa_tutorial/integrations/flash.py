@@ -30,14 +30,19 @@ Differences, each deliberate:
   deterministic (FlashAttention's flag chooses a deterministic backward pass).
 * ``sinks`` (keyword only, not in FlashAttention 2): one logit per query head, float [H], added
   to each row's softmax denominator (GPT-OSS's attention sinks; vLLM's FlashAttention 3 fork
-  calls it ``s_aux``, FlashAttention 4 ``learnable_sink``). The lse returned includes it.
+  calls it ``s_aux``, FlashAttention 4 ``learnable_sink``), in any floating dtype (they join the
+  softmax in float32, float64 for float64 inputs). The lse returned includes it.
 * dropout draws from PyTorch's generator (reproducible under ``torch.manual_seed``), not from
   FlashAttention's Philox counter, so the dropped positions differ from FlashAttention's.
 """
 
 from __future__ import annotations
 
+import torch
+
 from swa_tutorial.attention import sliding_window_attention
+from swa_tutorial.core.precision import accumulation_dtype
+from swa_tutorial.core.validation import check_dropout, check_scale
 from swa_tutorial.integrations.conventions import from_flash_attn
 
 
@@ -75,7 +80,7 @@ def flash_attn_func(
     Returns:
         out [B, Lq, H, d_v] in q's dtype; with ``return_attn_probs`` ``(out, lse, None)``.
     """
-    window = _window(causal, window_size, alibi_slopes, deterministic, return_attn_probs)
+    window = _window(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic, return_attn_probs)
     out, lse = sliding_window_attention(
         q, k, v, window, scale=softmax_scale, softcap=softcap, sinks=sinks, dropout=dropout_p, return_lse=True
     )
@@ -124,7 +129,7 @@ def flash_attn_varlen_func(
     """
     if block_table is not None:
         raise ValueError("block_table must be None: a paged key/value cache is not implemented in swa_tutorial")
-    window = _window(causal, window_size, alibi_slopes, deterministic, return_attn_probs)
+    window = _window(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic, return_attn_probs)
     out, lse = sliding_window_attention(
         q, k, v, window, scale=softmax_scale, softcap=softcap, sinks=sinks, dropout=dropout_p, return_lse=True,
         cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k,
@@ -132,8 +137,13 @@ def flash_attn_varlen_func(
     return (out, lse.transpose(0, 1), None) if return_attn_probs else out  # lse [total_q, H] -> [H, total_q]
 
 
-def _window(causal, window_size, alibi_slopes, deterministic, return_attn_probs):
-    """The flags both calls share, checked; the window as (left, right) (None: no limit)."""
+def _window(q, dropout_p, softmax_scale, causal, window_size, alibi_slopes, deterministic, return_attn_probs):
+    """The arguments both calls share, checked under FlashAttention's names (the entry point
+    would name ``dropout_p`` and ``softmax_scale`` by its own); the window as (left, right)
+    (None: no limit)."""
+    check_dropout(dropout_p, "dropout_p")
+    check_scale(softmax_scale, 1, accumulation_dtype(q.dtype) if isinstance(q, torch.Tensor) else torch.float64,
+                "softmax_scale")
     if alibi_slopes is not None:
         raise ValueError("alibi_slopes must be None: ALiBi biases are not implemented in swa_tutorial")
     for name, flag in (("deterministic", deterministic), ("return_attn_probs", return_attn_probs)):

@@ -5,14 +5,16 @@ L_k, L_k + 5), the softcap, attention sinks, packed sequences (random document l
 and 0 included), with every window form, dilation and key padding: ``sliding_window_attention``
 is compared with ``dense_attention``, the specification written from the definitions, on
 outputs, log-sum-exps and the gradients of q, k, v and the sinks. float32 against float64, and
-float16/bfloat16 within the package's bound. Dropout: the kept fraction, the scaling of the kept
-weights, the same seed giving the same output, and p = 0 exact.
+float16/bfloat16 within the package's bound. The tiles also with tiles of a few rows (many tiles
+and groups), the Triton kernel on fixed problems under Triton's interpreter. Dropout: the kept
+fraction, the scaling of the kept weights, the same seed giving the same output, and p = 0 exact.
 """
 
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 import torch
@@ -21,7 +23,8 @@ from cases import assert_close64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from swa_tutorial import dense_attention, sliding_window_attention
+from swa_tutorial import backends, dense_attention, sliding_window_attention
+from swa_tutorial.backends import tiles
 from swa_tutorial.reference import allowed_keys
 
 BACKENDS = ("dense", "chunks", "tiles", "diagonals")
@@ -74,9 +77,11 @@ class Problem:
 
 
 def windows(L: int):
-    """Every window form: an int, a pair (also beyond L), causal (None, 0), the token alone (0, 0)."""
+    """Every window form: an int, a pair (also beyond L), causal (None, 0), the token alone (0, 0),
+    no limit on the right (left, None) or on either side (None, None)."""
     side = st.one_of(st.integers(0, 5), st.integers(0, L + 6))
-    return st.one_of(st.integers(1, 6), st.tuples(side, side), st.just((None, 0)), st.just((0, 0)), st.tuples(side, st.just(0)))
+    return st.one_of(st.integers(1, 6), st.tuples(side, side), st.just((None, 0)), st.just((0, 0)), st.tuples(side, st.just(0)),
+                     st.tuples(side, st.just(None)), st.just((None, None)))
 
 
 @st.composite
@@ -153,6 +158,18 @@ def test_packed_sequences_match_the_reference(backend, problem):
     compare(problem, backend)
 
 
+@settings(max_examples=25)
+@given(problem=st.one_of(problems(), problems(packed=True)), tile_rows=st.sampled_from((1, 3, 8)),
+       group_cells=st.sampled_from((1, 64, 2**19)))
+def test_tiles_on_many_tiles_match_the_reference(problem, tile_rows, group_cells):
+    """The tiles with tiles of 1, 3 or 8 rows (their default, 64, makes one tile of the lengths
+    above) in groups of one tile to all: grouped heads stacked in one product per tile, spans
+    cut at the ends, softcap, sinks and packing across tile and group boundaries."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(backends.BACKENDS, "tiles", partial(tiles.attend, tile_rows=tile_rows, group_cells=group_cells))
+        compare(fix_dilation(problem), "tiles")
+
+
 def test_packed_documents_do_not_see_each_other():
     """Packed: changing one document's keys changes only that document's rows, and a length-1
     document attends its one key (its output is that key's value)."""
@@ -200,14 +217,25 @@ def test_a_row_with_no_key_gives_zero_and_the_sink_takes_all_weight():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_float32_against_float64(backend):
-    """float32 inputs with every feature at once: within float32's rounding of the float64 result."""
+    """float32 inputs with every feature at once: within float32's rounding of the float64 result,
+    outputs and the gradients of q, k, v and the sinks. A gradient entry is a sum of at most
+    n = (6 + 2 + 1) x 2 terms (a key is seen by 9 queries in each of the 2 heads that read it):
+    its error is held to n float32 epsilons of the largest gradient."""
     problem = Problem(2, 40, 61, 4, 2, 16, 16, (6, 2), [1, 2, 1, 1], "random", 2.0, True, None, 5)
     q, k, v, kwargs = problem.tensors(torch.float32)
+    leaves = [x.requires_grad_() for x in (q, k, v, kwargs["sinks"])]
     out = sliding_window_attention(q, k, v, problem.window, backend=backend, **kwargs)
-    kwargs["sinks"] = kwargs["sinks"].double()
-    ref = dense_attention(q.double(), k.double(), v.double(), problem.window, **kwargs)
+    leaves64 = [x.detach().double().requires_grad_() for x in leaves]
+    ref = dense_attention(*leaves64[:3], problem.window, **{**kwargs, "sinks": leaves64[3]})
     assert out.dtype == torch.float32
     torch.testing.assert_close(out.double(), ref, rtol=0, atol=2e-6)
+    d_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grads = torch.autograd.grad((out.double() * d_out).sum(), leaves)
+    exact = torch.autograd.grad((ref * d_out).sum(), leaves64)
+    n, eps = (6 + 2 + 1) * 2, torch.finfo(torch.float32).eps
+    for fast, want in zip(grads, exact):
+        assert fast.dtype == torch.float32
+        torch.testing.assert_close(fast.double(), want, rtol=0, atol=n * eps * want.abs().max().item())
 
 
 def sdpa_error(q, k, v, window, mask, ref):
@@ -338,17 +366,28 @@ def test_backends_without_dropout_run_the_chunks_with_a_warning(backend):
         assert torch.equal(run("auto"), out)
 
 
-# The triton backend: what its kernel takes today, on tiny problems under Triton's interpreter.
+# The triton backend: every feature through the entry point, on tiny problems under Triton's
+# interpreter (a few fixed problems: each call runs the kernel in Python). Each problem reaches
+# the kernel; few queries (L_q <= left + right + 1, a decoding step) are a dense rectangle by
+# design (attention._rectangle) and are covered by the batched tests above.
 
 
-def test_triton_backend_with_grouped_heads_rectangles_sinks_and_packing():
-    """Grouped heads (k and v repeated for the kernel), L_q < L_k, sinks and packed documents."""
-    batched = Problem(1, 7, 20, 2, 1, 4, 4, (3, 1), 1, "random", 0.0, True, None, 11)
-    packed = Problem(1, 0, 0, 2, 1, 4, 4, (2, 0), 1, "none", 0.0, False, None, 12, (3, 1, 9), (5, 1, 9))
-    for problem in (batched, packed):
-        q, k, v, kwargs = problem.tensors()
-        out, lse = sliding_window_attention(q, k, v, problem.window, backend="triton", return_lse=True, **kwargs)
-        ref_out, ref_lse = dense_attention(q, k, v, problem.window, return_lse=True, **kwargs)
-        assert_close64(out, ref_out)
-        assert torch.equal(lse == INF, ref_lse == INF)
-        assert_close64(lse[lse > INF], ref_lse[ref_lse > INF])
+TRITON_PROBLEMS = {
+    "grouped_rectangle_sinks_padding": Problem(1, 7, 20, 2, 1, 4, 4, (3, 1), 1, "random", 0.0, True, None, 11),
+    "softcap_more_queries_than_keys": Problem(2, 13, 8, 4, 2, 8, 5, (3, 0), 1, "empty_row", 1.5, True, 1.0, 13),
+    "heads_not_grouped_dilated": Problem(1, 12, 12, 2, 2, 4, 4, (2, 2), [1, 2], "none", 2.0, False, None, 14),
+    "chunked_prefill_one_kv_head": Problem(2, 9, 30, 4, 1, 8, 8, (4, 0), 1, "random", 0.0, True, None, 15),
+    "packed_with_softcap": Problem(1, 0, 0, 2, 1, 4, 4, (2, 0), 1, "none", 1.5, True, None, 12, (3, 1, 9, 0), (5, 1, 9, 2)),
+}
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("name", TRITON_PROBLEMS)
+def test_triton_backend_matches_the_reference_with_gradients(name, monkeypatch):
+    """The kernel reads kv head h // (H / H_kv) itself; end-aligned queries (L_q < L_k, L_q > L_k),
+    softcap, sinks, dilation, padding (a row of it) and packed documents: out, lse and the
+    gradients of q, k, v and the sinks against float64 dense attention, the kernel called."""
+    kernel, calls = backends.BACKENDS["triton"], []
+    monkeypatch.setitem(backends.BACKENDS, "triton", lambda *args: calls.append(1) or kernel(*args))
+    compare(TRITON_PROBLEMS[name], "triton")
+    assert calls

@@ -175,7 +175,7 @@ def line(r: dict) -> str:
     head = f"{r['case']:8} L_q={r['q_len']:>6} L_k={r['k_len']:>6} {r['impl']:19}"
     if r["status"] != "ok":
         return f"{head} {r['status']}: {r.get('reason', r.get('check'))}"
-    return (f"{head} median {1e3 * r['median_s']:10.2f} ms (IQR {1e3 * r['iqr_s']:.2f}, {len(r['times_s'])} calls), "
+    return (f"{head} median {1e3 * r['median_s']:10.2f} ms (IQR {1e3 * r['iqr_s']:.2f}, {len(r['times_s'])} timings), "
             f"peak +{r['memory_bytes'] / 2**20:8.1f} MiB")
 
 

@@ -103,6 +103,48 @@ def test_float64_random_cases(case):
 
 
 @pytest.mark.triton
+@pytest.mark.parametrize("blocks", [(32, 16, 2, 1), (16, 32, 1, 3), (64, 16, 4, 2)])
+def test_other_tile_sizes_compute_the_same_attention(blocks):
+    """Launch settings other than the rule's (the tuning run's, launcher.attend(blocks=...)):
+    query and key tiles of different sizes, grouped heads, a softcap and padding; out, lse and
+    the gradients of q, k, v against float64 dense attention."""
+    g = torch.Generator().manual_seed(sum(blocks))
+    q = torch.randn(2, 70, 4, 16, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 70, 2, 16, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    mask = torch.rand(2, 70, generator=g) < 0.2
+    out, lse = attend(q, k, v, (20, 3), mask, 0.3, 2.0, blocks=blocks)
+    ref_out, ref_lse = dense_attention(q, k, v, (20, 3), key_padding_mask=mask, scale=0.3, softcap=2.0,
+                                       return_lse=True)
+    assert_close64(out, ref_out)
+    assert torch.equal(lse.isinf(), ref_lse.isinf())
+    assert_close64(lse[lse.isfinite()], ref_lse[ref_lse.isfinite()])
+    d_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+
+    def gradients(out, lse):  # a row with no key has no lse to differentiate
+        return torch.autograd.grad((out * d_out).sum() + lse.masked_fill(lse.isinf(), 0.0).sum(), (q, k, v))
+
+    got, want = gradients(out, lse), gradients(ref_out, ref_lse)
+    for a, b in zip(got, want):
+        assert_close64(a, b)
+
+
+@pytest.mark.parametrize(
+    "blocks, error, words",
+    [
+        ((64, 64, 4), TypeError, "four ints"),
+        ((64, 64.0, 4, 2), TypeError, "four ints"),
+        ((64, 8, 4, 2), ValueError, "powers of two >= 16"),
+        ((48, 64, 4, 2), ValueError, "powers of two >= 16"),
+        ((64, 64, 3, 2), ValueError, "num_warps must be a power of two"),
+        ((64, 64, 4, 0), ValueError, "num_stages >= 1"),
+    ],
+)
+def test_bad_launch_settings_name_what_is_wrong(blocks, error, words):
+    with pytest.raises(error, match=words):
+        triton_kernel.check_blocks(blocks)
+
+
+@pytest.mark.triton
 def test_query_with_no_key_gives_zero_output_minus_inf_lse_and_zero_gradients():
     B, L, H, d = 2, 40, 2, 8
     g = torch.Generator().manual_seed(0)

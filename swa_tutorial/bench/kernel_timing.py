@@ -146,7 +146,7 @@ def time_calls(fn, device, budget_s: float, min_reps: int = 3, max_reps: int = 1
     return times
 
 
-def _call(attention, q, k, v, grad, mode):
+def timed_call(attention, q, k, v, grad, mode):
     """The timed call: the forward, or the forward and the gradients of q, k, v."""
     if mode == "fwd":
 
@@ -167,7 +167,7 @@ def measure_one(impls, name, q, k, v, grad, mode, device, budget_s, reference) -
             out = attention(q, k, v)
         result = {"max_abs_diff_to_triton": (out.float() - reference.float()).abs().max().item() if reference is not None else 0.0}
         del out
-        fn = _call(attention, q, k, v, grad, mode)
+        fn = timed_call(attention, q, k, v, grad, mode)
         started = time.perf_counter()
         times = time_calls(fn, device, budget_s)
         result.update(summarize(times), seconds_total=time.perf_counter() - started)

@@ -81,15 +81,28 @@ def check_device(q: torch.Tensor, interpreted: bool) -> None:
     raise ValueError(f"backend {NAME!r} runs CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), got q on {q.device}")
 
 
+def check_blocks(blocks) -> tuple[int, int, int, int]:
+    """``blocks`` as (BLOCK_M, BLOCK_N, num_warps, num_stages), ints: the tile sides powers of two
+    of at least 16 (tl.dot's minimum), the warps a power of two, the stages at least 1."""
+    if not (isinstance(blocks, (tuple, list)) and len(blocks) == 4 and all(type(x) is int for x in blocks)):
+        raise TypeError(f"blocks must be four ints (BLOCK_M, BLOCK_N, num_warps, num_stages), got {blocks!r}")
+    block_m, block_n, warps, stages = blocks
+    if not all(x >= 16 and x & (x - 1) == 0 for x in (block_m, block_n)):
+        raise ValueError(f"blocks: BLOCK_M and BLOCK_N must be powers of two >= 16, got {block_m} and {block_n}")
+    if not (warps > 0 and warps & (warps - 1) == 0 and stages >= 1):
+        raise ValueError(f"blocks: num_warps must be a power of two and num_stages >= 1, got {warps} and {stages}")
+    return tuple(blocks)
+
+
 class _Problem:
     """What the forward and the backward share: window, padding, logits, tiles and span tables."""
 
-    def __init__(self, q, v, window, key_padding_mask, scale, softcap, interpreted):
+    def __init__(self, q, v, window, key_padding_mask, scale, softcap, interpreted, blocks=None):
         L, d = q.shape[1], q.shape[-1]
         self.left, self.right = window
         self.mask = key_padding_mask
         self.softcap = softcap
-        self.blocks = launch_config(q.dtype, d, v.shape[-1], interpreted)
+        self.blocks = launch_config(q.dtype, d, v.shape[-1], interpreted) if blocks is None else blocks
         block_m, block_n = self.blocks[:2]
         self.acc_dtype = accumulation_dtype(q.dtype)  # of the scores, the softmax, out, lse, scale and softcap
         self.logits = torch.tensor([scale, softcap], dtype=self.acc_dtype, device=q.device)
@@ -99,9 +112,9 @@ class _Problem:
 
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, window, key_padding_mask, scale, softcap):
+    def forward(ctx, q, k, v, window, key_padding_mask, scale, softcap, blocks):
         kernels = load_kernels()
-        problem = _Problem(q, v, window, key_padding_mask, scale, softcap, kernels.INTERPRETED)
+        problem = _Problem(q, v, window, key_padding_mask, scale, softcap, kernels.INTERPRETED, blocks)
         out, lse = kernels.forward(q, k, v, problem)
         ctx.problem = problem
         ctx.save_for_backward(q, k, v, out, lse)
@@ -118,7 +131,7 @@ class _FusedAttention(torch.autograd.Function):
             grads = load_kernels().backward(q, k, v, grad_out, lse, row_term.contiguous(), ctx.problem)
         if torch.is_grad_enabled():  # create_graph=True: the gradients must carry a graph
             grads = _FirstDerivativesOnly.apply(*grads, q, k, v, grad_out, grad_lse)
-        return *grads, None, None, None, None
+        return *grads, None, None, None, None, None
 
 
 class _FirstDerivativesOnly(torch.autograd.Function):
@@ -140,7 +153,7 @@ class _FirstDerivativesOnly(torch.autograd.Function):
         )
 
 
-def attend(q, k, v, window, key_padding_mask, scale, softcap=0.0):
+def attend(q, k, v, window, key_padding_mask, scale, softcap=0.0, *, blocks=None):
     """Sliding-window attention and its log-sum-exp through the fused Triton kernel.
 
     q: [B, L, H, d]; k: [B, L, H_kv, d]; v: [B, L, H_kv, d_v], H a multiple of H_kv (query head h
@@ -154,6 +167,10 @@ def attend(q, k, v, window, key_padding_mask, scale, softcap=0.0):
     inputs). A query with no key to attend has out = 0, lse = -inf and zero gradients.
     Differentiable in q, k and v through both outputs (first derivatives; the gradients of k and
     v sum over the query heads that read them).
+
+    ``blocks``: (BLOCK_M, BLOCK_N, num_warps, num_stages) for the three kernels instead of
+    ``launch_config``'s, for tuning them (``python -m swa_tutorial.bench.kernel_tuning``);
+    the result is the same attention whatever the tiles, up to rounding.
     """
     if q.shape[2] % k.shape[2] or k.shape[2] != v.shape[2]:
         raise ValueError(
@@ -162,4 +179,5 @@ def attend(q, k, v, window, key_padding_mask, scale, softcap=0.0):
         )
     kernels = load_kernels()
     check_device(q, kernels.INTERPRETED)
-    return _FusedAttention.apply(q, k, v, tuple(window), key_padding_mask, float(scale), float(softcap))
+    blocks = None if blocks is None else check_blocks(blocks)
+    return _FusedAttention.apply(q, k, v, tuple(window), key_padding_mask, float(scale), float(softcap), blocks)

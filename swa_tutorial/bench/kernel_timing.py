@@ -79,6 +79,17 @@ def _heads_first(*xs):  # [B, L, H, d] -> [B, H, L, d], views
     return [x.transpose(1, 2) for x in xs]
 
 
+def triton_attention(window, blocks=None):
+    """The package's kernel over ``window``, out cast to the input dtype as the entry point does
+    (``launcher.attend``'s ``blocks``: its launch settings, None for its rule's)."""
+
+    def attention(q, k, v):
+        out, _ = launcher.attend(q, k, v, window, None, q.shape[-1] ** -0.5, 0.0, blocks=blocks)
+        return OutputCast.apply(out, q.dtype)
+
+    return attention
+
+
 class Implementations:
     """The four implementations for one shape and length, their masks built here (untimed)."""
 
@@ -95,10 +106,7 @@ class Implementations:
         self.block_mask = create_block_mask(in_window, None, None, seq_len, seq_len, device=device, _compile=compiled)
         self.flex = _flex(compiled)
         self.band = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril_(right).triu_(-left)
-
-    def triton(self, q, k, v):
-        out, _ = launcher.attend(q, k, v, self.window, None, q.shape[-1] ** -0.5, 0.0)
-        return OutputCast.apply(out, q.dtype)
+        self.triton = triton_attention(window)
 
     def flex_attention(self, q, k, v):
         out = self.flex(*_heads_first(q, k, v), block_mask=self.block_mask, enable_gqa=self.gqa)
@@ -159,6 +167,20 @@ def timed_call(attention, q, k, v, grad, mode):
     return lambda: torch.autograd.grad(attention(*leaves), leaves, grad)
 
 
+def timings(attention, q, k, v, grad, mode, device, budget_s) -> dict:
+    """Median, IQR and every time of one mode of ``attention`` (:func:`timed_call`), and the
+    seconds the timing took."""
+    started = time.perf_counter()
+    times = time_calls(timed_call(attention, q, k, v, grad, mode), device, budget_s)
+    return {**summarize(times), "seconds_total": time.perf_counter() - started}
+
+
+def failure(error: Exception) -> dict:
+    """An error as a result: {"out_of_memory" or "error": its type and message}."""
+    kind = "out_of_memory" if is_out_of_memory(error) else "error"
+    return {kind: f"{type(error).__name__}: {error}"[:2000]}
+
+
 def measure_one(impls, name, q, k, v, grad, mode, device, budget_s, reference) -> dict:
     """Time one implementation; its forward compared with ``reference`` (the kernel's) first."""
     attention = impls.get(name)
@@ -167,13 +189,9 @@ def measure_one(impls, name, q, k, v, grad, mode, device, budget_s, reference) -
             out = attention(q, k, v)
         result = {"max_abs_diff_to_triton": (out.float() - reference.float()).abs().max().item() if reference is not None else 0.0}
         del out
-        fn = timed_call(attention, q, k, v, grad, mode)
-        started = time.perf_counter()
-        times = time_calls(fn, device, budget_s)
-        result.update(summarize(times), seconds_total=time.perf_counter() - started)
+        result.update(timings(attention, q, k, v, grad, mode, device, budget_s))
     except Exception as error:  # an out-of-memory or a failed compile is a result too
-        kind = "out_of_memory" if is_out_of_memory(error) else "error"
-        return {kind: f"{type(error).__name__}: {error}"[:2000]}
+        return failure(error)
     return result
 
 

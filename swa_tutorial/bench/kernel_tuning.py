@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -35,11 +34,12 @@ from swa_tutorial.bench.kernel_timing import (
     TINY_SHAPES,
     Implementations,
     driver_version,
-    time_calls,
-    timed_call,
+    failure,
+    timings,
+    triton_attention,
     useful_flops,
 )
-from swa_tutorial.bench.measure import compare, is_out_of_memory, resolve_device, summarize
+from swa_tutorial.bench.measure import compare, resolve_device
 from swa_tutorial.bench.sweeps import provenance
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages); None: the rule's own (launch_config).
@@ -59,16 +59,6 @@ def label(blocks) -> str:
     return "rule" if blocks is None else "{} x {}, {} warps, {} stages".format(*blocks)
 
 
-def kernel(window, blocks):
-    """The kernel's attention over ``window`` with these launch settings, out cast to q's dtype."""
-
-    def attention(q, k, v):
-        out, _ = launcher.attend(q, k, v, window, None, q.shape[-1] ** -0.5, 0.0, blocks=blocks)
-        return out.to(q.dtype)
-
-    return attention
-
-
 def outputs(attention, q, k, v, grad):
     """out and the gradients of q, k, v, in float32."""
     leaves = [x.detach().requires_grad_() for x in (q, k, v)]
@@ -81,18 +71,6 @@ def difference(got, expected) -> float:
     return max(((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() for a, b in zip(got, expected))
 
 
-def timings(attention, q, k, v, grad, mode, device, budget_s) -> dict:
-    """Median, IQR and every time of one mode: the forward, or the forward and the gradients."""
-    started = time.perf_counter()
-    times = time_calls(timed_call(attention, q, k, v, grad, mode), device, budget_s)
-    return {**summarize(times), "seconds_total": time.perf_counter() - started}
-
-
-def failure(error: Exception) -> dict:
-    kind = "out_of_memory" if is_out_of_memory(error) else "error"
-    return {kind: f"{type(error).__name__}: {error}"[:2000]}
-
-
 def run_shape(shape_name, shape, lengths, configs, device, budget_s, with_flex, doc, path):
     """Every length, setting and mode of one shape, into doc["results"], written to ``path``."""
     B, H, H_kv, d, window = shape
@@ -100,7 +78,7 @@ def run_shape(shape_name, shape, lengths, configs, device, budget_s, with_flex, 
         g = torch.Generator(device=device).manual_seed(L)
         q, k, v = (torch.randn(B, L, h, d, generator=g, device=device, dtype=torch.bfloat16) for h in (H, H_kv, H_kv))
         grad = torch.randn(B, L, H, d, generator=g, device=device, dtype=torch.bfloat16)
-        expected = outputs(kernel(window, None), q, k, v, grad)
+        expected = outputs(triton_attention(window), q, k, v, grad)
         flex = Implementations(L, H, H_kv, window, device, compiled=device.type == "cuda") if with_flex else None
         checks = {}  # label: the check's result, made once per setting and length
         for mode in MODES:
@@ -114,7 +92,7 @@ def run_shape(shape_name, shape, lengths, configs, device, budget_s, with_flex, 
             for blocks in configs:
                 result = {"blocks": blocks, "label": label(blocks)}
                 try:
-                    attention = kernel(window, blocks)
+                    attention = triton_attention(window, blocks)
                     if result["label"] not in checks:
                         checks[result["label"]] = difference(outputs(attention, q, k, v, grad), expected)
                     result["max_relative_difference"] = checks[result["label"]]
